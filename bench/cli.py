@@ -1,0 +1,65 @@
+"""Shared command-line pieces: argument types, and the one-line-error-and-exit-2 wrapper."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable
+
+from bench.errors import UserError
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a positive integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive; give a positive integer")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give 0 or more") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a positive number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive finite number")
+    return value
+
+
+def quiet_libraries() -> None:
+    """Keep MLflow's and alembic's INFO chatter and download bars off the user's terminal."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"mlflow(\..*)?")
+    warnings.filterwarnings("ignore", message=r".*dataset source can be interpreted.*")
+
+
+def main_guard(main: Callable[[list[str] | None], int], prog: str) -> Callable[[list[str] | None], int]:
+    """Run ``main``; a UserError becomes one line on stderr and exit status 2."""
+
+    def wrapped(argv: list[str] | None = None) -> int:
+        quiet_libraries()
+        try:
+            return main(argv)
+        except UserError as e:
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            return 2
+
+    return wrapped

@@ -1,0 +1,186 @@
+"""python -m bench.run: train one variant x one latent size x one seed, tracked in MLflow.
+
+    python -m bench.run --variant sgvb_b --latent 20
+    python -m bench.run --list
+    python -m bench.run --resume RUN_ID [--epochs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from bench.cli import main_guard, nonneg_int, positive_float, positive_int
+from bench.data import NAME as DATA_NAME
+from bench.data import load_mnist
+from bench.errors import UserError
+from bench.evaluate import final_evaluation
+from bench.harness import BINARIZE, PRECISIONS, NonFiniteLoss, TrainConfig, resolve_device, train
+from bench.interrupts import graceful_interrupts
+from bench.tracking import DEFAULT_EXPERIMENT, FAILURE_TAG, SWEEP_TAG, MlflowTracker, open_store, ui_address
+from variants.likelihoods import LIKELIHOODS
+from variants.registry import REGISTRY, Variant, get_variant
+
+PROG = "python -m bench.run"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Train one VAE variant on MNIST, tracked in MLflow.")
+    p.add_argument("--list", action="store_true", help="list the registered variants and exit")
+    p.add_argument("--variant", metavar="NAME", choices=list(REGISTRY), default="sgvb_b",
+                   help=f"a registered variant (default sgvb_b): {', '.join(REGISTRY)}")
+    p.add_argument("--latent", type=positive_int, default=20, metavar="N", help="latent size (default 20)")
+    p.add_argument("--samples", type=positive_int, metavar="L", help="samples per datapoint (k for IWAE)")
+    p.add_argument("--decoder", choices=LIKELIHOODS, help="override the variant's decoder")
+    p.add_argument("--hidden", type=positive_int, metavar="H", help="override the hidden width (400)")
+    p.add_argument("--gaussian-variance", type=positive_float, metavar="C",
+                   help="c of the Gaussian decoder N(x; f(z), cI) (default 0.01)")
+    p.add_argument("--learn-variance", action="store_true", default=None, help="learn c (Gaussian decoder)")
+    p.add_argument("--epochs", type=nonneg_int, default=None, help="epochs to train up to (default 10)")
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16: autocast matrix products, losses and optimiser state in float32")
+    p.add_argument("--binarize", choices=BINARIZE, default="none",
+                   help="none: grey levels (the seed); static: one fixed draw; dynamic: a new draw per batch")
+    p.add_argument("--limit-train", type=positive_int, metavar="N", help="train on the first N images only")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX files (default: bundled)")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment (default vae-bench)")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.add_argument("--sweep", metavar="ID", help="tag the run as part of sweep ID (bench.sweep), for reports")
+    p.add_argument("--nll-samples", type=nonneg_int, default=0, metavar="K",
+                   help="after training, estimate the test NLL with K importance samples (0: skip)")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue this run from its last completed epoch")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def run_name(variant: Variant, cfg: TrainConfig) -> str:
+    base = REGISTRY[variant.name]
+    decoder = f"-{variant.decoder}" if variant.decoder != base.decoder else ""
+    return f"{variant.name}{decoder}-z{cfg.latent}-L{variant.samples}-s{cfg.seed}"
+
+
+def variant_from_args(args: argparse.Namespace) -> Variant:
+    try:
+        return get_variant(args.variant).replace(
+            samples=args.samples, decoder=args.decoder, hidden=args.hidden,
+            gaussian_variance=args.gaussian_variance, learn_variance=args.learn_variance)
+    except (KeyError, ValueError) as e:
+        raise UserError(str(e).strip("'\"")) from None
+
+
+def run_params(variant: Variant, cfg: TrainConfig, data_digest: str) -> dict[str, Any]:
+    return {**variant.axes(), **cfg.params(), "data": DATA_NAME, "data_digest": data_digest}
+
+
+def run_tags(variant: Variant, sweep: str | None = None) -> dict[str, str]:
+    tags = {"mlflow.note.content": REGISTRY[variant.name].description}
+    if sweep:
+        tags[SWEEP_TAG] = sweep
+    return tags
+
+
+def _restore(run: Any, args: argparse.Namespace) -> tuple[Variant, TrainConfig]:
+    """The variant and settings a run was started with (its params), with --epochs as the new target."""
+    p = run.data.params
+    try:
+        base = get_variant(p["variant"])
+        types = {f: type(getattr(base, f)) for f in ("samples", "hidden", "gaussian_variance")}
+        axes = {k: types[k](p[k]) for k in types if k in p}
+        axes["decoder"] = p.get("decoder", base.decoder)
+        for flag in ("learn_variance", "baseline"):
+            if flag in p:
+                axes[flag] = p[flag] == "True"
+        variant = base.replace(**axes)
+        limit = p.get("limit_train", "None")
+        cfg = TrainConfig(
+            latent=int(p["latent"]), epochs=args.epochs if args.epochs is not None else int(p["epochs"]),
+            batch_size=int(p["batch_size"]), lr=float(p["lr"]), seed=int(p["seed"]),
+            device=resolve_device(args.device), precision=p.get("precision", "fp32"),
+            binarize=p.get("binarize", "none"), limit_train=None if limit == "None" else int(limit))
+    except (KeyError, ValueError) as e:
+        raise UserError(f"run {run.info.run_id} was not made by bench.run (param {e} missing or bad)") from None
+    return variant, cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list:
+        width = max(map(len, REGISTRY))
+        for name, v in REGISTRY.items():
+            print(f"{name:<{width}}  {v.description}")
+        return 0
+    client = open_store(args.tracking_uri)
+    if args.resume:
+        try:
+            run = client.get_run(args.resume)
+        except Exception:
+            raise UserError(f"no run with id {args.resume!r} in {client.tracking_uri}; "
+                            "give the id of a run made by bench.run") from None
+        variant, cfg = _restore(run, args)
+        tracker = MlflowTracker(client, args.resume)
+        start = tracker.load_checkpoint()
+        done = start["epoch"] if start else 0
+        if done >= cfg.epochs and run.info.status == "FINISHED":
+            print(f"run {args.resume} has already trained {done} epochs (target {cfg.epochs}); nothing to do")
+            return 0
+        if str(cfg.epochs) != run.data.params.get("epochs"):
+            tracker.set_tags({"bench.epochs_target": str(cfg.epochs)})
+        if start is not None:
+            history = client.get_metric_history(args.resume, "train_loss")
+            if not any(m.step == done for m in history):  # interrupted between checkpoint and metrics
+                tracker.log_metrics(start["metrics"], step=done)
+        tracker.mark_running()
+        data = load_mnist(args.data_dir)
+        print(f"resuming run {args.resume} ({run.info.run_name}) after epoch {done}")
+    else:
+        variant = variant_from_args(args)
+        cfg = TrainConfig(latent=args.latent, epochs=10 if args.epochs is None else args.epochs,
+                          batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                          device=resolve_device(args.device), precision=args.precision,
+                          binarize=args.binarize, limit_train=args.limit_train)
+        data = load_mnist(args.data_dir)
+        start = None
+        tracker = MlflowTracker.start(
+            client, args.experiment, run_name(variant, cfg), run_params(variant, cfg, data.digest),
+            tags=run_tags(variant, args.sweep))
+        tracker.log_dataset(DATA_NAME, data.digest, data.source, "train", data.test_x[:1].numpy())
+    progress = not args.no_progress and sys.stderr.isatty()
+    return execute(tracker, variant, cfg, data, start, progress=progress, nll_samples=args.nll_samples)
+
+
+def execute(tracker: MlflowTracker, variant: Variant, cfg: TrainConfig, data: Any,
+            start: dict[str, Any] | None, progress: bool, nll_samples: int = 0) -> int:
+    """Train under the tracker; whatever happens, the run ends recorded: FINISHED, FAILED or KILLED."""
+    run_id = tracker.run_id
+    try:
+        with graceful_interrupts():
+            result = train(variant, cfg, data, tracker, start=start, progress=progress)
+            final_evaluation(result.model, variant, cfg, data, tracker, nll_samples=nll_samples)
+            tracker.log_model(result.model)
+            tracker.finish("FINISHED")
+    except NonFiniteLoss as e:
+        tracker.set_tags({FAILURE_TAG: str(e)})
+        tracker.finish("FAILED")
+        print(f"{PROG}: run {run_id} failed: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        tracker.set_tags({FAILURE_TAG: f"interrupted ({e or 'SIGINT'})"})
+        tracker.finish("KILLED")
+        print(f"\n{PROG}: run {run_id} killed; resume it with --resume {run_id}", file=sys.stderr)
+        return 130
+    except BaseException as e:
+        tracker.set_tags({FAILURE_TAG: f"{type(e).__name__}: {e}"})
+        tracker.finish("FAILED")
+        raise
+    print(f"run {run_id} finished; browse it with `mlflow ui --backend-store-uri {tracker.client.tracking_uri}`"
+          f" at {ui_address(tracker.client, tracker.experiment_id, run_id)}")
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main_guard(main, PROG)())

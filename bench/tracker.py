@@ -1,0 +1,57 @@
+"""What the harness needs from a tracker. The harness knows nothing of MLflow: tests pass NullTracker."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Protocol
+
+from torch import nn
+
+
+class Tracker(Protocol):
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def log_artifact(self, path: Path, artifact_dir: str) -> None: ...
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None: ...
+
+    def log_model(self, model: nn.Module) -> None: ...
+
+
+class NullTracker:
+    """Tracks nothing (tests, and `--no-tracking` speed measurements)."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_artifact(self, path: Path, artifact_dir: str) -> None:
+        pass
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        pass
+
+    def log_model(self, model: nn.Module) -> None:
+        pass
+
+
+class MemoryTracker(NullTracker):
+    """Keeps metrics, artifact names and the last checkpoint in memory (tests, benchmarks)."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[int, dict[str, float]] = {}
+        self.artifacts: list[str] = []
+        self.checkpoint: dict[str, Any] | None = None
+        self.model: nn.Module | None = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.metrics.setdefault(step, {}).update(metrics)
+
+    def log_artifact(self, path: Path, artifact_dir: str) -> None:
+        self.artifacts.append(f"{artifact_dir}/{Path(path).name}")
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        self.checkpoint = copy.deepcopy(state)  # the live tensors change on the next step
+
+    def log_model(self, model: nn.Module) -> None:
+        self.model = model

@@ -1,0 +1,92 @@
+"""The registry: every variant vae-bench compares, as data. Adding a variant is one entry here."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from variants.estimators import ESTIMATORS, LossTerms
+from variants.likelihoods import DEFAULT_GAUSSIAN_VARIANCE, LIKELIHOODS
+from variants.model import VAE
+
+
+@dataclass(frozen=True)
+class Variant:
+    """The axes along which variants differ. The latent size is chosen per run, not per variant."""
+
+    name: str
+    description: str
+    estimator: str = "sgvb_b"  # a key of variants.estimators.ESTIMATORS
+    samples: int = 1  # L reparameterised samples per datapoint (k for IWAE)
+    decoder: str = "bernoulli"  # bernoulli | gaussian
+    hidden: int = 400  # MLP width, 784-H-z and z-H-784 as in the seed
+    gaussian_variance: float = DEFAULT_GAUSSIAN_VARIANCE  # c in N(x; f(z), c I), gaussian decoder only
+    learn_variance: bool = False  # learn c (one scalar) instead of fixing it
+    baseline: bool = False  # score_function only: subtract a leave-one-out baseline
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
+        if self.decoder not in LIKELIHOODS:
+            raise ValueError(f"unknown decoder {self.decoder!r}; choose from {', '.join(LIKELIHOODS)}")
+        if self.samples < 1:
+            raise ValueError(f"samples must be a positive integer, got {self.samples}")
+        if self.hidden < 1:
+            raise ValueError(f"hidden must be a positive integer, got {self.hidden}")
+        if not self.gaussian_variance > 0:
+            raise ValueError(f"gaussian variance must be positive, got {self.gaussian_variance}")
+
+    def replace(self, **axes: object) -> Variant:
+        """This variant with some axes overridden (None leaves an axis as it is)."""
+        return dataclasses.replace(self, **{k: v for k, v in axes.items() if v is not None})
+
+    def axes(self) -> dict[str, object]:
+        """Every axis, for the run's params (the description is not an axis)."""
+        d = dataclasses.asdict(self)
+        d.pop("description")
+        d["variant"] = d.pop("name")
+        if self.decoder != "gaussian":
+            d.pop("gaussian_variance")
+            d.pop("learn_variance")
+        if self.estimator != "score_function":
+            d.pop("baseline")
+        return d
+
+    def build_model(self, latent: int) -> VAE:
+        return VAE(latent=latent, hidden=self.hidden, decoder=self.decoder,
+                   gaussian_variance=self.gaussian_variance, learn_variance=self.learn_variance)
+
+    def estimate(self, model: VAE, x: Tensor, gen: torch.Generator | None = None) -> LossTerms:
+        kwargs = {"baseline": self.baseline} if self.estimator == "score_function" else {}
+        return ESTIMATORS[self.estimator](model, x, self.samples, gen, **kwargs)
+
+
+def _registry(*variants: Variant) -> dict[str, Variant]:
+    return {v.name: v for v in variants}
+
+
+REGISTRY: dict[str, Variant] = _registry(
+    Variant("sgvb_a", "SGVB estimator A: log p(x,z) - log q(z|x), all sampled; L=1, Bernoulli", "sgvb_a"),
+    Variant("sgvb_b", "SGVB estimator B: closed-form KL + sampled log p(x|z); L=1, Bernoulli (the seed)"),
+    Variant("sgvb_a_l5", "SGVB A with L=5 samples per datapoint, Bernoulli", "sgvb_a", samples=5),
+    Variant("sgvb_b_l5", "SGVB B with L=5 samples per datapoint, Bernoulli", samples=5),
+    Variant("sgvb_b_gauss", "SGVB B, Gaussian decoder N(x; f(z), cI) with fixed c=0.01", decoder="gaussian"),
+    Variant("sgvb_b_gauss_learned", "SGVB B, Gaussian decoder with its variance c learned",
+            decoder="gaussian", learn_variance=True),
+    Variant("score_function", "Naive score-function (REINFORCE) encoder gradient, closed-form KL",
+            "score_function"),
+    Variant("score_function_baseline", "Score-function encoder gradient with a leave-one-out baseline",
+            "score_function", baseline=True),
+    Variant("iwae_k5", "Importance-weighted bound (Burda et al.) with k=5 samples", "iwae", samples=5),
+    Variant("iwae_k50", "Importance-weighted bound (Burda et al.) with k=50 samples", "iwae", samples=50),
+)
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown variant {name!r}; choose from {', '.join(REGISTRY)}") from None
