@@ -37,11 +37,12 @@ class VAE(nn.Module):
         self.likelihood = make_likelihood(decoder, gaussian_variance, learn_variance)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        mu, logvar = self.fc2(F.relu(self.fc1(x))).chunk(2, dim=-1)
+        # .float(): under bfloat16 autocast the layers run in bf16 but the losses are summed in fp32
+        mu, logvar = self.fc2(F.relu(self.fc1(x))).float().chunk(2, dim=-1)
         return mu, logvar
 
     def decode(self, z: Tensor) -> Tensor:
-        return self.likelihood.params(self.fc4(F.relu(self.fc3(z))))
+        return self.likelihood.params(self.fc4(F.relu(self.fc3(z))).float())
 
     def forward(self, x: Tensor) -> Tensor:
         """The reconstruction's decoder parameters at the posterior mean (deterministic)."""

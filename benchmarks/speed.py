@@ -1,0 +1,188 @@
+"""Seconds per epoch of vae-bench's harness, side by side with the seed's classic loop and the GEMM floor.
+
+    python benchmarks/speed.py                 # about 3-4 minutes on 2 CPU cores
+    python benchmarks/speed.py --rounds 1 --epochs 1 --skip-classic
+
+Every contender runs in this one process, in interleaved rounds, so a noisy machine slows all of them
+alike; the figures to quote are the ratios. Contenders, all on the seed's configuration (784-400-20,
+Bernoulli, estimator B, L=1, Adam 1e-3, batch 128, float32 unless said):
+- classic: the seed's code (torchvision MNIST dataset + ToTensor, DataLoader, a train and a test pass,
+  sample and reconstruction images each epoch), as in pytorch/examples vae/main.py;
+- gemm floor: only the matrix products of one epoch's forward and backward passes at these shapes;
+- vae-bench (tracked): the harness with MLflow tracking into a SQLite store (metrics, image grids and
+  the checkpoint every epoch);
+- vae-bench (untracked): the same with a do-nothing tracker, to price tracking;
+- vae-bench bf16 (tracked): --precision bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tabulate import tabulate
+from torch import nn
+
+from bench.cli import quiet_libraries
+from bench.data import MD5, bundled_dir, load_mnist
+from bench.harness import TrainConfig, train
+from bench.tracker import NullTracker
+from bench.tracking import MlflowTracker, open_store
+from variants import get_variant
+
+BATCH, HIDDEN, LATENT, N_TRAIN = 128, 400, 20, 60000
+
+
+class SeedVAE(nn.Module):
+    """The seed document's model, written out as it is there (separate fc21/fc22, sigmoid output)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc21, self.fc22 = nn.Linear(784, 400), nn.Linear(400, 20), nn.Linear(400, 20)
+        self.fc3, self.fc4 = nn.Linear(20, 400), nn.Linear(400, 784)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h1 = F.relu(self.fc1(x.view(-1, 784)))
+        mu, logvar = self.fc21(h1), self.fc22(h1)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return torch.sigmoid(self.fc4(F.relu(self.fc3(z)))), mu, logvar
+
+
+def seed_loss(recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    bce = F.binary_cross_entropy(recon, x.view(-1, 784), reduction="sum")
+    return bce - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+
+
+def classic_contender(root: Path, out: Path) -> Callable[[], float]:
+    """One epoch of the seed's loop per call; returns its seconds (train + test + images)."""
+    from torchvision import datasets, transforms
+    from torchvision.utils import save_image
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for stem in MD5:  # torchvision reads the uncompressed IDX files from MNIST/raw; nothing is downloaded
+        with gzip.open(bundled_dir() / f"{stem}.gz") as src, open(raw / stem, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    train_loader = torch.utils.data.DataLoader(
+        datasets.MNIST(str(root), train=True, download=False, transform=transforms.ToTensor()),
+        batch_size=BATCH, shuffle=True)
+    test_loader = torch.utils.data.DataLoader(
+        datasets.MNIST(str(root), train=False, download=False, transform=transforms.ToTensor()),
+        batch_size=BATCH, shuffle=False)
+    torch.manual_seed(1)
+    model = SeedVAE()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    epoch = [0]
+
+    def run() -> float:
+        epoch[0] += 1
+        t0 = time.perf_counter()
+        model.train()
+        for data, _ in train_loader:
+            opt.zero_grad()
+            recon, mu, logvar = model(data)
+            loss = seed_loss(recon, data, mu, logvar)
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            for i, (data, _) in enumerate(test_loader):
+                recon, mu, logvar = model(data)
+                seed_loss(recon, data, mu, logvar).item()
+                if i == 0:
+                    save_image(torch.cat([data[:8], recon.view(-1, 1, 28, 28)[:8]]), out / f"r{epoch[0]}.png")
+            sample = torch.sigmoid(model.fc4(F.relu(model.fc3(torch.randn(64, 20)))))
+            save_image(sample.view(64, 1, 28, 28), out / f"s{epoch[0]}.png")
+        return time.perf_counter() - t0
+
+    return run
+
+
+def gemm_floor_contender() -> Callable[[], float]:
+    """The forward and backward matrix products of one epoch (469 batches) at the model's shapes."""
+    sizes = [BATCH] * (N_TRAIN // BATCH) + ([N_TRAIN % BATCH] if N_TRAIN % BATCH else [])
+    layers = [(784, HIDDEN), (HIDDEN, 2 * LATENT), (LATENT, HIDDEN), (HIDDEN, 784)]  # (in, out)
+    w = [torch.randn(o, i) * 0.05 for i, o in layers]
+    gw = [torch.empty(o, i) for i, o in layers]
+    inputs = {b: [torch.rand(b, i) for i, _ in layers] for b in set(sizes)}  # each layer's input
+    grads = {b: [torch.rand(b, o) for _, o in layers] for b in set(sizes)}  # gradient at each output
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        for b in sizes:
+            for a, wi in zip(inputs[b], w, strict=True):
+                torch.mm(a, wi.t())  # forward
+            for k, (a, g) in enumerate(zip(inputs[b], grads[b], strict=True)):
+                torch.mm(g.t(), a, out=gw[k])  # weight gradient
+                if k > 0:
+                    torch.mm(g, w[k])  # input gradient (the data needs none)
+        return time.perf_counter() - t0
+
+    return run
+
+
+def harness_contender(precision: str, tracked: bool, store: Path) -> Callable[[], float]:
+    """One epoch of bench.harness.train per call (a fresh run each time), all in: the test pass, the
+    image grids and, when tracked, the checkpoint, images and metrics logged to MLflow."""
+    data = load_mnist()
+    variant = get_variant("sgvb_b")
+    cfg = TrainConfig(epochs=1, precision=precision, device="cpu")
+    client = open_store(f"sqlite:///{store / 'mlflow.db'}") if tracked else None
+
+    def run() -> float:
+        tracker = (MlflowTracker.start(client, "speed", f"speed-{precision}", cfg.params())
+                   if client is not None else NullTracker())
+        t0 = time.perf_counter()
+        train(variant, cfg, data, tracker, log=lambda _: None)
+        return time.perf_counter() - t0
+
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each contender runs one epoch a round")
+    ap.add_argument("--skip-classic", action="store_true", help="leave out the seed's loop (slowest)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = ap.parse_args()
+    quiet_libraries()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="vae-bench-speed-") as tmp:
+        tmp_path = Path(tmp)
+        contenders: dict[str, Callable[[], float]] = {"gemm floor (fp32)": gemm_floor_contender()}
+        if not args.skip_classic:
+            contenders["classic seed loop"] = classic_contender(tmp_path / "data", tmp_path)
+        contenders["vae-bench fp32, untracked"] = harness_contender("fp32", False, tmp_path)
+        contenders["vae-bench fp32, tracked"] = harness_contender("fp32", True, tmp_path)
+        contenders["vae-bench bf16, tracked"] = harness_contender("bf16", True, tmp_path)
+        times: dict[str, list[float]] = {k: [] for k in contenders}
+        for r in range(args.rounds):
+            for name, run in contenders.items():
+                times[name].append(run())
+                print(f"round {r + 1}: {name}: {times[name][-1]:.2f} s", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    floor = med["gemm floor (fp32)"]
+    classic = med.get("classic seed loop")
+    rows = []
+    for name, m in med.items():
+        rows.append([name, f"{m:.2f}", f"{min(times[name]):.2f}", f"{m / floor:.2f}x",
+                     f"{classic / m:.1f}x" if classic else "-"])
+    print()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds "
+          "(median and best seconds per epoch)")
+    print(tabulate(rows, headers=["contender", "s/epoch (median)", "best", "vs GEMM floor", "speed-up vs classic"]))
+    untracked, tracked = med["vae-bench fp32, untracked"], med["vae-bench fp32, tracked"]
+    print(f"\ncost of tracking (fp32): {100 * (tracked / untracked - 1):+.1f}% per epoch")
+
+
+if __name__ == "__main__":
+    main()
