@@ -32,6 +32,16 @@ def nonneg_int(text: str) -> int:
     return value
 
 
+def seed_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a seed from 0 to 2**63-1") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; give a seed from 0 to 2**63-1")
+    return value
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)

@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchvision.utils import save_image
 from tqdm import tqdm
 
 from bench.data import MNIST
@@ -55,6 +54,7 @@ class TrainConfig:
     precision: str = "fp32"
     binarize: str = "none"
     limit_train: int | None = None
+    validation: int = 0  # training images held out (the last ones) for val_* metrics: tuning's split
 
     def __post_init__(self) -> None:
         checks = [
@@ -65,6 +65,7 @@ class TrainConfig:
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
             (self.binarize in BINARIZE, f"binarize must be one of {', '.join(BINARIZE)}"),
             (self.limit_train is None or self.limit_train >= 1, "limit-train must be a positive integer"),
+            (self.validation >= 0, f"validation must be 0 or more images, got {self.validation}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -121,6 +122,8 @@ def evaluate_test(model: VAE, x: Tensor, batch_size: int = 2000) -> dict[str, fl
 @torch.inference_mode()
 def save_grids(model: VAE, test_x: Tensor, epoch: int, folder: Path, seed: int) -> list[Path]:
     """The seed's two pictures: 8 test digits above their reconstructions, and 64 decodes of prior draws."""
+    from torchvision.utils import save_image  # imported here: torchvision costs ~3 s at start-up
+
     lik = model.likelihood
     x = test_x[:8]
     recon = lik.mean(model.decode(model.encode(x)[0]))
@@ -138,8 +141,28 @@ class TrainResult:
     history: list[dict[str, float]]  # one dict of metrics per epoch trained in this call
 
 
+def split_validation(data: MNIST, cfg: TrainConfig) -> tuple[Tensor, Tensor | None]:
+    """The training images and the cfg.validation images held out from the end of the training set (None
+    when 0): tuning selects on these, never on the test set. limit_train applies to what remains."""
+    if cfg.validation == 0:
+        return data.limit_train(cfg.limit_train).train_x, None
+    n = len(data.train_x)
+    if cfg.validation >= n:
+        raise UserError(f"validation must leave training images: give fewer than {n}, got {cfg.validation}")
+    train_x = data.train_x[:n - cfg.validation]
+    return train_x[:cfg.limit_train] if cfg.limit_train else train_x, data.train_x[n - cfg.validation:]
+
+
+def validation_data(data: MNIST, cfg: TrainConfig, device: torch.device) -> Tensor | None:
+    val_x = split_validation(data, cfg)[1]
+    if val_x is None:
+        return None
+    val_x = val_x.to(device)
+    return binarize(val_x, BINARIZE_SEED + 2) if cfg.binarize != "none" else val_x
+
+
 def prepare_data(data: MNIST, cfg: TrainConfig, device: torch.device) -> tuple[Tensor, Tensor]:
-    train_x = data.limit_train(cfg.limit_train).train_x.to(device)
+    train_x = split_validation(data, cfg)[0].to(device)
     test_x = data.test_x.to(device)
     if cfg.binarize != "none":
         test_x = binarize(test_x, BINARIZE_SEED + 1)
@@ -182,6 +205,7 @@ def train(
         opt.load_state_dict(start["optimizer"])
         first = start["epoch"] + 1
     train_x, test_x = prepare_data(data, cfg, device)
+    val_x = validation_data(data, cfg, device)
     n, bs = len(train_x), cfg.batch_size
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
                 else contextlib.nullcontext())
@@ -219,10 +243,13 @@ def train(
                 raise NonFiniteLoss(f"training loss is {recon + kld} at epoch {epoch}")
             model.eval()
             metrics = {"train_loss": recon + kld, "train_recon": recon, "train_kld": kld}
-            metrics.update(evaluate_test(model, test_x))
-            if not math.isfinite(metrics["test_loss"]):
-                raise NonFiniteLoss(f"test loss is {metrics['test_loss']} at epoch {epoch}")
-            for path in save_grids(model, test_x, epoch, Path(tmp), cfg.seed):
+            # A run with a validation split (tuning) is evaluated on it, as the test set is otherwise: it never
+            # sees the test set, so nothing chosen from it can have been chosen on test numbers.
+            held_out, prefix = (test_x, "test") if val_x is None else (val_x, "val")
+            metrics.update({f"{prefix}_{k[5:]}": v for k, v in evaluate_test(model, held_out).items()})
+            if not math.isfinite(metrics[f"{prefix}_loss"]):
+                raise NonFiniteLoss(f"{prefix} loss is {metrics[f'{prefix}_loss']} at epoch {epoch}")
+            for path in save_grids(model, held_out, epoch, Path(tmp), cfg.seed):
                 tracker.log_artifact(path, "images")
             metrics["train_samples_per_second"] = n / train_seconds
             with critical():  # checkpoint and metrics of an epoch land together or not at all
@@ -233,7 +260,7 @@ def train(
                 tracker.log_metrics(metrics, step=epoch)
             history.append(metrics)
             log(f"====> Epoch: {epoch} Average loss: {metrics['train_loss']:.4f}  "
-                f"(recon {recon:.2f} + kld {kld:.2f})  test loss: {metrics['test_loss']:.4f}  "
+                f"(recon {recon:.2f} + kld {kld:.2f})  {prefix} loss: {metrics[f'{prefix}_loss']:.4f}  "
                 f"[{metrics['epoch_seconds']:.2f} s]")
     model.eval()
     return TrainResult(model, history)

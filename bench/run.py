@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from bench.cli import main_guard, nonneg_int, positive_float, positive_int
+from bench.cli import main_guard, nonneg_int, positive_float, positive_int, seed_int
 from bench.data import NAME as DATA_NAME
 from bench.data import load_mnist
 from bench.errors import UserError
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=nonneg_int, default=None, help="epochs to train up to (default 10)")
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--lr", type=positive_float, default=1e-3)
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=seed_int, default=1)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: autocast matrix products, losses and optimiser state in float32")
@@ -161,7 +161,7 @@ def execute(tracker: MlflowTracker, variant: Variant, cfg: TrainConfig, data: An
     try:
         with graceful_interrupts():
             result = train(variant, cfg, data, tracker, start=start, progress=progress)
-            final_evaluation(result.model, variant, cfg, data, tracker, nll_samples=nll_samples)
+            final_evaluation(result.model, variant, cfg, data, tracker, nll_samples=nll_samples, progress=progress)
             tracker.log_model(result.model)
             tracker.finish("FINISHED")
     except NonFiniteLoss as e:

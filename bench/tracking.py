@@ -13,6 +13,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +117,26 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
             return exp.experiment_id
 
 
+@contextmanager
+def fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (start_run, log_model, runs:/ URIs) at ``uri`` for this block only.
+
+    mlflow.set_tracking_uri would stay set and also export MLFLOW_TRACKING_URI, so later runs of this
+    process and its children without --tracking-uri would silently go to this store.
+    """
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
 def ui_address(client: MlflowClient, experiment_id: str, run_id: str) -> str:
     uri = client.tracking_uri
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
@@ -188,8 +210,7 @@ class MlflowTracker:
         import variants
 
         status = self.client.get_run(self.run_id).info.status
-        mlflow.set_tracking_uri(self.client.tracking_uri)
-        with mlflow.start_run(run_id=self.run_id):
+        with fluent_tracking_uri(self.client.tracking_uri), mlflow.start_run(run_id=self.run_id):
             mlflow.pytorch.log_model(
                 model.cpu(), name=MODEL_NAME, serialization_format="pickle",
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],

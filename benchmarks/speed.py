@@ -12,7 +12,11 @@ Bernoulli, estimator B, L=1, Adam 1e-3, batch 128, float32 unless said):
 - vae-bench (tracked): the harness with MLflow tracking into a SQLite store (metrics, image grids and
   the checkpoint every epoch);
 - vae-bench (untracked): the same with a do-nothing tracker, to price tracking;
-- vae-bench bf16 (tracked): --precision bf16.
+- vae-bench bf16 (tracked): --precision bf16;
+- pythae (if importable): pythae 0.1.2's TrainingPipeline with the same 784-400-20 MLP, BCE, Adam 1e-3,
+  batch 128, data given as in-memory arrays, one epoch (train + eval) per call. pythae is not a
+  dependency; to include it: python -m venv --system-site-packages /tmp/pythae-venv &&
+  /tmp/pythae-venv/bin/pip install --no-deps pythae imageio, then run this script with that python.
 """
 
 from __future__ import annotations
@@ -129,6 +133,54 @@ def gemm_floor_contender() -> Callable[[], float]:
     return run
 
 
+def pythae_contender(out: Path) -> Callable[[], float] | None:
+    """One epoch per call of pythae's trainer on the seed's model, or None when pythae is not installed."""
+    try:
+        from pythae.models import VAE, VAEConfig
+        from pythae.models.base.base_utils import ModelOutput
+        from pythae.models.nn import BaseDecoder, BaseEncoder
+        from pythae.pipelines import TrainingPipeline
+        from pythae.trainers import BaseTrainerConfig
+    except ImportError:
+        return None
+    import logging
+
+    logging.getLogger("pythae").setLevel(logging.ERROR)
+
+    class Encoder(BaseEncoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc21, self.fc22 = nn.Linear(784, 400), nn.Linear(400, 20), nn.Linear(400, 20)
+
+        def forward(self, x: torch.Tensor) -> ModelOutput:
+            h = F.relu(self.fc1(x.reshape(-1, 784)))
+            return ModelOutput(embedding=self.fc21(h), log_covariance=self.fc22(h))
+
+    class Decoder(BaseDecoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc3, self.fc4 = nn.Linear(20, 400), nn.Linear(400, 784)
+
+        def forward(self, z: torch.Tensor) -> ModelOutput:
+            return ModelOutput(reconstruction=torch.sigmoid(self.fc4(F.relu(self.fc3(z)))).reshape(-1, 1, 28, 28))
+
+    data = load_mnist()
+    train_x = data.train_x.view(-1, 1, 28, 28).numpy()
+    test_x = data.test_x.view(-1, 1, 28, 28).numpy()
+    torch.manual_seed(1)
+    model = VAE(VAEConfig(input_dim=(1, 28, 28), latent_dim=20, reconstruction_loss="bce"),
+                encoder=Encoder(), decoder=Decoder())
+    config = BaseTrainerConfig(output_dir=str(out / "pythae"), num_epochs=1, learning_rate=1e-3,
+                               per_device_train_batch_size=BATCH, per_device_eval_batch_size=BATCH, no_cuda=True)
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        TrainingPipeline(training_config=config, model=model)(train_data=train_x, eval_data=test_x)
+        return time.perf_counter() - t0
+
+    return run
+
+
 def harness_contender(precision: str, tracked: bool, store: Path) -> Callable[[], float]:
     """One epoch of bench.harness.train per call (a fresh run each time), all in: the test pass, the
     image grids and, when tracked, the checkpoint, images and metrics logged to MLflow."""
@@ -161,6 +213,9 @@ def main() -> None:
         contenders: dict[str, Callable[[], float]] = {"gemm floor (fp32)": gemm_floor_contender()}
         if not args.skip_classic:
             contenders["classic seed loop"] = classic_contender(tmp_path / "data", tmp_path)
+        pythae = pythae_contender(tmp_path)
+        if pythae is not None:
+            contenders["pythae 0.1.2"] = pythae
         contenders["vae-bench fp32, untracked"] = harness_contender("fp32", False, tmp_path)
         contenders["vae-bench fp32, tracked"] = harness_contender("fp32", True, tmp_path)
         contenders["vae-bench bf16, tracked"] = harness_contender("bf16", True, tmp_path)
@@ -172,14 +227,16 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     floor = med["gemm floor (fp32)"]
     classic = med.get("classic seed loop")
+    pythae_s = med.get("pythae 0.1.2")
     rows = []
     for name, m in med.items():
         rows.append([name, f"{m:.2f}", f"{min(times[name]):.2f}", f"{m / floor:.2f}x",
-                     f"{classic / m:.1f}x" if classic else "-"])
+                     f"{classic / m:.1f}x" if classic else "-", f"{pythae_s / m:.1f}x" if pythae_s else "-"])
     print()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds "
           "(median and best seconds per epoch)")
-    print(tabulate(rows, headers=["contender", "s/epoch (median)", "best", "vs GEMM floor", "speed-up vs classic"]))
+    print(tabulate(rows, headers=["contender", "s/epoch (median)", "best", "vs GEMM floor", "speed-up vs classic",
+                                     "vs pythae"]))
     untracked, tracked = med["vae-bench fp32, untracked"], med["vae-bench fp32, tracked"]
     print(f"\ncost of tracking (fp32): {100 * (tracked / untracked - 1):+.1f}% per epoch")
 

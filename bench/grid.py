@@ -1,0 +1,369 @@
+"""python -m bench.grid: a cartesian sweep of ordinary tracked runs, resumable and shared between processes.
+
+    python -m bench.grid --variants sgvb_a,sgvb_b --latents 2,10,20 --seeds 1,2,3 --epochs 10
+    # more processes (shells, machines) with the same arguments split the remaining work:
+    python -m bench.grid --variants sgvb_a,sgvb_b --latents 2,10,20 --seeds 1,2,3 --epochs 10 --storage grid.journal
+
+Each flag takes a comma-separated list. Every combination is one run, as ``bench.run`` makes it, tagged
+``bench.sweep=<id>``. A combination already FINISHED in the experiment with the same settings (every variant
+axis and harness setting, ``--limit-train`` included; the device aside) is skipped, so an interrupted sweep is
+resumed by calling it again. Processes hand out combinations through an Optuna study with a GridSampler on the
+storage (trial n runs combination n, so no two processes start the same one); a combination whose process
+died or whose run failed is queued again by the next call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import optuna
+from mlflow import MlflowClient
+from optuna.trial import FrozenTrial, TrialState
+
+from bench import study as st
+from bench.cli import main_guard, nonneg_int, positive_float, positive_int
+from bench.data import NAME as DATA_NAME
+from bench.data import load_mnist
+from bench.errors import UserError
+from bench.harness import BINARIZE, PRECISIONS, TrainConfig, resolve_device
+from bench.interrupts import graceful_interrupts
+from bench.run import execute, run_name, run_params, run_tags
+from bench.tracking import DEFAULT_EXPERIMENT, MlflowTracker, get_or_create_experiment, open_store
+from variants.likelihoods import LIKELIHOODS
+from variants.registry import REGISTRY, Variant, get_variant
+
+PROG = "python -m bench.grid"
+NOT_COMPARED = ("device",)  # where a run ran, not what it computed
+DUPLICATE_ATTR = "bench.duplicate"
+T = TypeVar("T")
+
+
+def listof(kind: Callable[[str], T], what: str) -> Callable[[str], list[T]]:
+    """An argparse type: a comma-separated list of ``kind`` values, duplicates dropped."""
+
+    def parse(text: str) -> list[T]:
+        items = [s.strip() for s in text.split(",")]
+        if any(not s for s in items):
+            raise argparse.ArgumentTypeError(f"{text!r} has an empty item; give {what} separated by commas")
+        values: list[T] = []
+        for s in items:
+            try:
+                value = kind(s)
+            except (argparse.ArgumentTypeError, ValueError) as e:
+                raise argparse.ArgumentTypeError(f"{s!r} in {text!r}: {e}; give {what} separated by commas") from None
+            if value not in values:
+                values.append(value)
+        return values
+
+    return parse
+
+
+def variant_name(text: str) -> str:
+    if text not in REGISTRY:
+        raise argparse.ArgumentTypeError(f"unknown variant; choose from {', '.join(REGISTRY)}")
+    return text
+
+
+def one_of(choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Run the cartesian product of the given lists as tracked "
+                                "runs (one per combination), skipping combinations already FINISHED.")
+    p.add_argument("--variants", type=listof(variant_name, "variant names"), required=True, metavar="LIST",
+                   help=f"registered variants: {', '.join(REGISTRY)}")
+    p.add_argument("--latents", type=listof(positive_int, "positive integers"), default=[20], metavar="LIST")
+    p.add_argument("--seeds", type=listof(int, "integers"), default=[1], metavar="LIST")
+    p.add_argument("--epochs", type=listof(nonneg_int, "epoch counts"), default=[10], metavar="LIST")
+    p.add_argument("--batch-size", type=listof(positive_int, "positive integers"), default=[128], metavar="LIST")
+    p.add_argument("--lr", type=listof(positive_float, "positive numbers"), default=[1e-3], metavar="LIST")
+    p.add_argument("--samples", type=listof(positive_int, "positive integers"), default=[None], metavar="LIST",
+                   help="samples per datapoint (default: each variant's own)")
+    p.add_argument("--decoder", type=listof(one_of(LIKELIHOODS), "decoders"), default=[None], metavar="LIST",
+                   help=f"{', '.join(LIKELIHOODS)} (default: each variant's own)")
+    p.add_argument("--hidden", type=listof(positive_int, "positive integers"), default=[None], metavar="LIST")
+    p.add_argument("--gaussian-variance", type=listof(positive_float, "positive numbers"), default=[None],
+                   metavar="LIST", help="c of the Gaussian decoder (ignored for Bernoulli decoders)")
+    p.add_argument("--precision", type=listof(one_of(PRECISIONS), "precisions"), default=["fp32"], metavar="LIST")
+    p.add_argument("--binarize", type=listof(one_of(BINARIZE), "binarisations"), default=["none"], metavar="LIST")
+    p.add_argument("--limit-train", type=listof(positive_int, "positive integers"), default=[None], metavar="LIST")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    p.add_argument("--nll-samples", type=nonneg_int, default=0, metavar="K",
+                   help="after training, estimate the test NLL with K importance samples (0: skip)")
+    p.add_argument("--sweep", metavar="ID", help="the sweep's tag value (default: grid-<hash of the grid>)")
+    p.add_argument("--storage", metavar="URL_OR_PATH",
+                   help="Optuna storage that hands out combinations: sqlite:///PATH.db, postgresql://..., or "
+                        "PATH.journal (default: optuna.db beside the MLflow SQLite store)")
+    p.add_argument("--heartbeat", type=positive_int, default=10, metavar="SEC",
+                   help="RDB storages: a run with no heartbeat for 2 x SEC is failed and queued again (10)")
+    p.add_argument("--dry-run", action="store_true", help="list the combinations and which are done, then exit")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX files (default: bundled)")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"MLflow experiment ({DEFAULT_EXPERIMENT})")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One combination: what to train, and the params its run gets (and is recognised by)."""
+
+    name: str
+    variant: Variant
+    cfg: TrainConfig
+    params: dict[str, str]  # as MLflow stores them, without NOT_COMPARED
+
+    def matches(self, run_params: dict[str, str]) -> bool:
+        return all(run_params.get(k) == v for k, v in self.params.items())
+
+
+def _param_str(v: Any) -> str:
+    return "None" if v is None else str(v)
+
+
+def build_cells(args: argparse.Namespace, device: str, digest: str) -> list[Cell]:
+    """The cartesian product in the order given, combinations that train the same thing counted once."""
+    cells: list[Cell] = []
+    seen: set[str] = set()
+    for (name, latent, seed, epochs, bs, lr, samples, decoder, hidden, c, precision, binarize,
+         limit) in itertools.product(args.variants, args.latents, args.seeds, args.epochs, args.batch_size,
+                                     args.lr, args.samples, args.decoder, args.hidden, args.gaussian_variance,
+                                     args.precision, args.binarize, args.limit_train):
+        try:
+            variant = get_variant(name).replace(samples=samples, decoder=decoder, hidden=hidden,
+                                                gaussian_variance=c)
+        except (KeyError, ValueError) as e:
+            raise UserError(f"{name} with samples={samples}, decoder={decoder}: {str(e).strip(chr(39))}") from None
+        cfg = TrainConfig(latent=latent, epochs=epochs, batch_size=bs, lr=lr, seed=seed, device=device,
+                          precision=precision, binarize=binarize, limit_train=limit)
+        params = {k: _param_str(v) for k, v in run_params(variant, cfg, digest).items() if k not in NOT_COMPARED}
+        key = json.dumps(params, sort_keys=True)
+        if key not in seen:  # e.g. a Gaussian variance given for a Bernoulli variant changes nothing
+            seen.add(key)
+            cells.append(Cell(run_name(variant, cfg), variant, cfg, params))
+    return cells
+
+
+def grid_hash(cells: list[Cell]) -> str:
+    text = "\n".join(json.dumps(c.params, sort_keys=True) for c in cells)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def finished_run(client: MlflowClient, experiment_id: str, cell: Cell) -> str | None:
+    """A FINISHED run in the experiment with the cell's settings, if there is one."""
+    p = cell.params
+    flt = (f"attributes.status = 'FINISHED' and params.variant = '{p['variant']}' "
+           f"and params.latent = '{p['latent']}' and params.seed = '{p['seed']}'")
+    for run in client.search_runs([experiment_id], flt, max_results=1000):
+        if cell.matches(run.data.params):
+            return run.info.run_id
+    return None
+
+
+def finished_runs(client: MlflowClient, experiment_id: str, cells: list[Cell]) -> dict[int, str]:
+    """Cell index -> a FINISHED run with its settings, from one paged search over the experiment."""
+    by_key: dict[tuple[str, str, str], list[int]] = {}
+    for i, c in enumerate(cells):
+        by_key.setdefault((c.params["variant"], c.params["latent"], c.params["seed"]), []).append(i)
+    done: dict[int, str] = {}
+    for name in sorted({c.params["variant"] for c in cells}):  # params support = but not IN
+        token = None
+        while True:
+            page = client.search_runs([experiment_id], f"attributes.status = 'FINISHED' and params.variant = "
+                                      f"'{name}'", max_results=1000, page_token=token)
+            for run in page:
+                rp = run.data.params
+                for i in by_key.get((rp.get("variant"), rp.get("latent"), rp.get("seed")), []):
+                    if i not in done and cells[i].matches(rp):
+                        done[i] = run.info.run_id
+            token = page.token
+            if not token:
+                break
+    return done
+
+
+def _cell_of(t: FrozenTrial) -> int | None:
+    if "cell" in t.params:
+        return t.params["cell"]
+    return (t.system_attrs.get("fixed_params") or {}).get("cell")
+
+
+def _queued(t: FrozenTrial) -> bool:
+    """Enqueued by a later call or retried after its worker died (not handed out by the GridSampler)."""
+    return "fixed_params" in t.system_attrs or "failed_trial" in t.system_attrs
+
+
+class GridWorker:
+    def __init__(self, client: MlflowClient, experiment_id: str, experiment: str, study: optuna.Study,
+                 cells: list[Cell], sweep: str, data: Any, progress: bool, nll_samples: int,
+                 on_stale: Callable[[optuna.Study, FrozenTrial], None]) -> None:
+        self.client, self.experiment_id, self.experiment = client, experiment_id, experiment
+        self.study, self.cells, self.sweep, self.data = study, cells, sweep, data
+        self.progress, self.nll_samples, self.on_stale = progress, nll_samples, on_stale
+        self.counts: dict[str, int] = {}
+        self.times: dict[str, float] = {}
+
+    def _count(self, key: str) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def objective(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr(st.WORKER_ATTR, st.WORKER)
+        index = trial.suggest_categorical("cell", list(range(len(self.cells))))
+        cell = self.cells[index]
+        trial.set_user_attr("name", cell.name)
+        if self._taken(trial.number, index):
+            trial.set_user_attr(DUPLICATE_ATTR, True)
+            self.study.stop()
+            raise optuna.TrialPruned(f"{cell.name} is run by another trial")
+        existing = finished_run(self.client, self.experiment_id, cell)
+        if existing is not None:
+            trial.set_user_attr(st.RUN_ATTR, existing)
+            trial.set_user_attr("skipped", True)
+            self._count("skipped")
+            print(f"{cell.name}: already FINISHED as run {existing}; skipped", flush=True)
+            return 0.0
+        tags = {**run_tags(cell.variant, self.sweep), **st.trial_run_tags(self.study, trial.number)}
+        tracker = MlflowTracker.start(self.client, self.experiment, cell.name,
+                                      run_params(cell.variant, cell.cfg, self.data.digest), tags=tags)
+        trial.set_user_attr(st.RUN_ATTR, tracker.run_id)
+        tracker.log_dataset(DATA_NAME, self.data.digest, self.data.source, "train", self.data.test_x[:1].numpy())
+        print(f"{cell.name}: run {tracker.run_id}", flush=True)
+        with st.stopwatch(self.times, "runs"):
+            status = execute(tracker, cell.variant, cell.cfg, self.data, None, progress=self.progress,
+                             nll_samples=self.nll_samples)
+        if status == 130:
+            raise KeyboardInterrupt  # the run is KILLED already; stop the sweep
+        if status != 0:
+            self._count("failed")
+            return float("nan")  # the trial FAILs; the next call of the sweep queues it again
+        self._count("ran")
+        return float(self.client.get_run(tracker.run_id).data.metrics.get("test_loss", 0.0))
+
+    def _taken(self, number: int, index: int) -> bool:
+        """Whether another trial runs (or ran) this combination: then this one is surplus. The GridSampler hands
+        combination n to trial n; duplicates arise only when trials outnumber the grid, or from retries queued
+        by two calls at once."""
+        trials = self.study.get_trials(deepcopy=False)
+        me = next(t for t in trials if t.number == number)
+        for t in trials:
+            if t.number == number or _cell_of(t) != index or t.user_attrs.get(DUPLICATE_ATTR):
+                continue
+            if t.state == TrialState.RUNNING and t.number < number:
+                return True
+            if t.state == TrialState.COMPLETE and not _queued(me):
+                return True
+        return False
+
+    def stop_when_done(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        st.fail_dead_trials(study, self.on_stale)  # journal storages have no heartbeat to do it
+        if not work_left(study, len(self.cells)):
+            study.stop()
+
+
+def work_left(study: optuna.Study, n: int) -> bool:
+    """Combinations not yet handed out, or queued again."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.WAITING for t in trials):
+        return True
+    # The GridSampler's grid ids (not the cells: it shuffles them) of the trials it has handed out.
+    started = {t.system_attrs.get("grid_id") for t in trials}
+    return len(set(range(n)) - started) > 0
+
+
+def queue_again(study: optuna.Study, todo: list[int]) -> int:
+    """Queue the combinations that are not FINISHED in MLflow although all their trials are over (the run
+    failed, was killed, or was deleted)."""
+    by_cell: dict[int, list[FrozenTrial]] = {}
+    for t in study.get_trials(deepcopy=False):
+        cell = _cell_of(t)
+        if cell is not None:
+            by_cell.setdefault(cell, []).append(t)
+    n = 0
+    for i in todo:
+        trials = by_cell.get(i, [])
+        if trials and all(t.state.is_finished() for t in trials):
+            study.enqueue_trial({"cell": i})
+            n += 1
+    return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    t_start = time.perf_counter()
+    args = build_parser().parse_args(argv)
+    device = resolve_device(args.device)
+    if args.storage:
+        st.check_storage_spec(args.storage)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a server's "View run" per run
+    client = open_store(args.tracking_uri)
+    experiment_id = get_or_create_experiment(client, args.experiment)
+    data = load_mnist(args.data_dir)
+    cells = build_cells(args, device, data.digest)
+    ghash = grid_hash(cells)
+    sweep = st.check_name(args.sweep or f"grid-{ghash}", "sweep id")
+    done = finished_runs(client, experiment_id, cells)
+    todo = [i for i in range(len(cells)) if i not in done]
+    print(f"sweep {sweep}: {len(cells)} combinations, {len(done)} already finished, {len(todo)} to run", flush=True)
+    if args.dry_run:
+        for i, cell in enumerate(cells):
+            shown = {k: cell.params[k] for k in ("epochs", "lr", "batch_size", "limit_train")}
+            print(f"  {cell.name}  {f'done (run {done[i]})' if i in done else 'to run'}  {json.dumps(shown)}")
+        return 0
+    if not todo:
+        return 0
+    on_stale = st.stale_trial_callback(client)
+    spec = args.storage or st.default_storage(client.tracking_uri)
+    storage = st.open_storage(spec, args.heartbeat, on_stale)
+    sampler = optuna.samplers.GridSampler({"cell": list(range(len(cells)))}, seed=0)  # the same in every process
+    study, created = st.create_or_load(f"bench.grid:{sweep}:{ghash}", storage, sampler)
+    st.agree_settings(study, {"kind": "grid", "sweep": sweep, "cells": len(cells), "grid": ghash}, created,
+                      "use another --sweep")
+    st.clean_up(client, experiment_id, study, on_stale)
+    with st.storage_lock(spec):  # two calls starting at once must not queue the same combination twice
+        queued = queue_again(study, todo)
+    if queued:
+        print(f"queued {queued} combinations again (failed, killed or deleted runs)", flush=True)
+    if not work_left(study, len(cells)):
+        print("every remaining combination is being run by another process", flush=True)
+        return 0
+    progress = not args.no_progress and sys.stderr.isatty()
+    worker = GridWorker(client, experiment_id, args.experiment, study, cells, sweep, data, progress,
+                        args.nll_samples, on_stale)
+    status = 0
+    try:
+        with graceful_interrupts():
+            # The GridSampler stops the study once every combination has had a trial, even when some are
+            # queued again: go on until none is waiting.
+            while work_left(study, len(cells)):
+                study.optimize(worker.objective, callbacks=[worker.stop_when_done])
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted; call it again to resume", file=sys.stderr)
+        status = 130
+    finally:
+        st.clean_up(client, experiment_id, study, on_stale)
+    if status == 0 and worker.counts.get("failed"):
+        status = 1  # as bench.run: a run failed (the next call of the sweep tries it again)
+    counts = ", ".join(f"{n} {k}" for k, n in worker.counts.items()) or "nothing"
+    wall = time.perf_counter() - t_start
+    print(f"sweep {sweep}: this process {counts} in {wall:.1f} s ({worker.times.get('runs', 0.0):.1f} s in runs); "
+          f"select its runs with tags.`bench.sweep` = '{sweep}'")
+    return status
+
+
+if __name__ == "__main__":
+    st.exit_now(main_guard(main, PROG)())
