@@ -22,6 +22,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -37,7 +38,7 @@ from bench.errors import UserError
 from bench.harness import BINARIZE, PRECISIONS, TrainConfig, resolve_device
 from bench.interrupts import graceful_interrupts
 from bench.run import execute, run_name, run_params, run_tags
-from bench.tracking import DEFAULT_EXPERIMENT, MlflowTracker, get_or_create_experiment, open_store
+from bench.tracking import DEFAULT_EXPERIMENT, MlflowTracker, get_or_create_experiment, open_store, resolve_tracking_uri
 from variants.likelihoods import LIKELIHOODS
 from variants.registry import REGISTRY, Variant, get_variant
 
@@ -308,11 +309,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
     if args.storage:
-        st.check_storage_spec(args.storage)
+        st.check_storage_spec(args.storage, resolve_tracking_uri(args.tracking_uri))
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a server's "View run" per run
-    client = open_store(args.tracking_uri)
-    experiment_id = get_or_create_experiment(client, args.experiment)
-    data = load_mnist(args.data_dir)
+    st.quiet_optuna()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # Decompressing and checksumming MNIST releases the GIL: it overlaps with opening the MLflow store.
+        loading = pool.submit(load_mnist, args.data_dir)
+        client = open_store(args.tracking_uri)
+        experiment_id = get_or_create_experiment(client, args.experiment)
+        data = loading.result()
     cells = build_cells(args, device, data.digest)
     ghash = grid_hash(cells)
     sweep = st.check_name(args.sweep or f"grid-{ghash}", "sweep id")

@@ -161,8 +161,8 @@ def execute(tracker: MlflowTracker, variant: Variant, cfg: TrainConfig, data: An
     try:
         with graceful_interrupts():
             result = train(variant, cfg, data, tracker, start=start, progress=progress)
+            tracker.log_model(result.model)  # first: an interrupted evaluation can be redone by bench.evaluate
             final_evaluation(result.model, variant, cfg, data, tracker, nll_samples=nll_samples, progress=progress)
-            tracker.log_model(result.model)
             tracker.finish("FINISHED")
     except NonFiniteLoss as e:
         tracker.set_tags({FAILURE_TAG: str(e)})

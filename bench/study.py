@@ -48,8 +48,12 @@ PARENT_ATTR = "mlflow_parent_run_id"  # study user attribute: the study's MLflow
 MAX_RETRY = 2  # a trial whose worker died is run again at most this often
 _TRANSIENT = ("locked", "already exists", "duplicate key", "deadlock", "could not serialize")
 
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own one line per trial says what happened
+
+
+def quiet_optuna() -> None:
+    """Optuna's INFO lines and experimental-feature warnings off: our own line per trial says what happened."""
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 def masked(url: str) -> str:
@@ -88,11 +92,15 @@ def postgres_driver(url: str) -> str:
     return url
 
 
-def check_storage_spec(spec: str) -> None:
+def check_storage_spec(spec: str, tracking_uri: str | None = None) -> None:
     """Reject a storage argument that cannot be one, before anything slow happens."""
     if "://" not in spec and not spec.endswith(".journal"):
         raise UserError(f"storage {spec!r} is neither an RDB URL (sqlite:///PATH.db, postgresql://...) "
                         "nor a path ending in .journal")
+    db = sqlite_path(spec)
+    if db is not None and tracking_uri and db == sqlite_path(tracking_uri):
+        # Both keep their schema version in an alembic_version table: one file cannot hold both.
+        raise UserError(f"storage {spec} is the MLflow tracking database; give the Optuna storage a file of its own")
 
 
 def open_storage(spec: str, heartbeat: int,

@@ -6,6 +6,7 @@ its status behind our back.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
@@ -212,7 +213,7 @@ class MlflowTracker:
         status = self.client.get_run(self.run_id).info.status
         with fluent_tracking_uri(self.client.tracking_uri), mlflow.start_run(run_id=self.run_id):
             mlflow.pytorch.log_model(
-                model.cpu(), name=MODEL_NAME, serialization_format="pickle",
+                copy.deepcopy(model).cpu(), name=MODEL_NAME, serialization_format="pickle",
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 code_paths=[str(Path(variants.__file__).parent)])
         self.client.update_run(self.run_id, status=status)  # start_run's exit marked it FINISHED

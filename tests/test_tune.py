@@ -215,8 +215,10 @@ def test_settings_of_a_study_must_agree(tmp_path: Path, tracking_uri: str) -> No
     ("--storage", "/no/such/folder/s.journal", "does not exist"),
     ("--validation", "60000", "validation must leave training images"),
     ("--study-name", "it's", "may use letters"),
+    ("--storage", "<the tracking database>", "a file of its own"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tracking_uri: str, capsys, flag: str, value: str, message: str) -> None:
+    value = tracking_uri if value == "<the tracking database>" else value
     args = {"--variant": "sgvb_b", "--trials": "1", "--tracking-uri": tracking_uri, flag: value}
     try:
         status = main_guard(tune.main, tune.PROG)([x for kv in args.items() for x in kv])
