@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", metavar="ID", help="the sweep's tag value (default: grid-<hash of the grid>)")
     p.add_argument("--storage", metavar="URL_OR_PATH",
                    help="Optuna storage that hands out combinations: sqlite:///PATH.db, postgresql://..., or "
-                        "PATH.journal (default: optuna.db beside the MLflow SQLite store)")
+                        "PATH.journal (default: optuna.db beside the MLflow SQLite store, else in the working "
+                        "directory)")
     p.add_argument("--heartbeat", type=positive_int, default=10, metavar="SEC",
                    help="RDB storages: a run with no heartbeat for 2 x SEC is failed and queued again (10)")
     p.add_argument("--dry-run", action="store_true", help="list the combinations and which are done, then exit")
@@ -345,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"queued {queued} combinations again (failed, killed or deleted runs)", flush=True)
     if not work_left(study, len(cells)):
         print("every remaining combination is being run by another process", flush=True)
+        st.close_storage(storage)
         return 0
     progress = not args.no_progress and sys.stderr.isatty()
     worker = GridWorker(client, experiment_id, args.experiment, study, cells, sweep, data, progress,
@@ -361,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         status = 130
     finally:
         st.clean_up(client, experiment_id, study, on_stale)
+        st.close_storage(storage)
     if status == 0 and worker.counts.get("failed"):
         status = 1  # as bench.run: a run failed (the next call of the sweep tries it again)
     counts = ", ".join(f"{n} {k}" for k, n in worker.counts.items()) or "nothing"

@@ -134,9 +134,12 @@ def open_storage(spec: str, heartbeat: int,
         try:
             with lock, warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-                return RDBStorage(spec, engine_kwargs={"connect_args": connect} if connect else None,
-                                  heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                                  heartbeat_stale_trial_callback=on_stale)
+                storage = RDBStorage(spec, engine_kwargs={"connect_args": connect} if connect else None,
+                                     heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                                     heartbeat_stale_trial_callback=on_stale)
+                if db is not None:
+                    _commit_without_fsync(storage)
+                return storage
         except (ImportError, sqlalchemy.exc.ArgumentError) as e:
             raise UserError(f"storage {masked(spec)} is not a usable RDB URL: {str(e).splitlines()[0]}") from None
         except (sqlalchemy.exc.SQLAlchemyError, RuntimeError) as e:
@@ -145,6 +148,28 @@ def open_storage(spec: str, heartbeat: int,
                 raise UserError(f"storage {masked(spec)} cannot be opened: {first}") from None
             time.sleep(0.2 + random.random() * 0.5 * 2 ** attempt)
     raise AssertionError("unreachable")
+
+
+def _commit_without_fsync(storage: RDBStorage) -> None:
+    """SQLite in WAL mode with synchronous=NORMAL: a commit no longer waits for the disk (about 11 ms -> 0.02 ms
+    here, and a trial makes a dozen), and readers no longer block writers. Safe for processes on one machine,
+    which is what SQLite is for; a power cut may lose the last commits, never the database's consistency."""
+    import sqlalchemy
+
+    def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # stored in the file: every later connection uses it too
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    sqlalchemy.event.listen(storage.engine, "connect", pragmas)
+    storage.engine.dispose()  # the connections opened while creating the storage reconnect with the pragmas
+
+
+def close_storage(storage: BaseStorage) -> None:
+    """Close an RDB storage's connections: the last one to close folds SQLite's write-ahead log into the file."""
+    if isinstance(storage, RDBStorage):
+        storage.engine.dispose()
 
 
 def storage_lock(spec: str) -> FileLock:

@@ -70,6 +70,11 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
     raise UserError(f"tracking server {uri} is not reachable ({reason}); start it, or use a sqlite:/// URI")
 
 
+def redact(uri: str) -> str:
+    """The URI without its password, for messages."""
+    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", uri)
+
+
 def open_store(uri: str | None) -> MlflowClient:
     """A client for the store, created once under a file lock (MLflow 3.17 crashes when two processes
     migrate a new SQLite store at once). Unreachable stores are user errors."""
@@ -88,7 +93,10 @@ def open_store(uri: str | None) -> MlflowClient:
             client = MlflowClient(uri)
             client.search_experiments(max_results=1)  # creates and migrates the schema
     except MlflowException as e:
-        raise UserError(f"tracking store {uri} cannot be opened: {str(e).splitlines()[0]}") from None
+        raise UserError(f"tracking store {redact(uri)} cannot be opened: {str(e).splitlines()[0]}") from None
+    except ModuleNotFoundError as e:  # e.g. postgresql:// wants psycopg 3; postgresql+psycopg2:// wants psycopg2
+        raise UserError(f"tracking store {redact(uri)} needs the Python module {e.name!r}; install it, or name the "
+                        "driver in the URI (postgresql+psycopg2://...)") from None
     return client
 
 

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-name", metavar="S", help="default: tune-VARIANT-zN-eE[-nLIMIT]")
     p.add_argument("--storage", metavar="URL_OR_PATH",
                    help="Optuna storage: sqlite:///PATH.db, postgresql://..., or PATH.journal "
-                        "(default: optuna.db beside the MLflow SQLite store)")
+                        "(default: optuna.db beside the MLflow SQLite store, else in the working directory)")
     p.add_argument("--timeout", type=positive_float, metavar="SEC", help="start no trial after SEC seconds")
     p.add_argument("--validation", type=positive_int, default=10000, metavar="N",
                    help="training images held out for the objective (default 10000, the last ones)")
@@ -353,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         worker.summarise(plots=last and args.trials > 0)
         if last:
             client.set_terminated(parent_id, "FINISHED")
+        st.close_storage(storage)
     # Time outside the training loop (start-up, Optuna, MLflow, plots) as a share of this worker's wall time;
     # MLflow and Optuna calls from inside the loop (metrics, images, pruning) are shown apart.
     wall, training = process_seconds(), worker.times.get("train", 0.0)

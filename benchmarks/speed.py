@@ -220,6 +220,9 @@ def main() -> None:
         contenders["vae-bench fp32, tracked"] = harness_contender("fp32", True, tmp_path)
         contenders["vae-bench bf16, tracked"] = harness_contender("bf16", True, tmp_path)
         times: dict[str, list[float]] = {k: [] for k in contenders}
+        for name, run in contenders.items():  # warm-up: imports, kernel selection (bf16), first artifacts
+            if name != "classic seed loop":
+                print(f"warm-up: {name}: {run():.2f} s", flush=True)
         for r in range(args.rounds):
             for name, run in contenders.items():
                 times[name].append(run())

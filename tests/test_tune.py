@@ -169,12 +169,12 @@ def test_worker_killed_mid_trial_is_marked_and_its_trial_queued_again(tmp_path: 
     """journal: the next worker on this machine sees the dead pid; sqlite: as if the worker ran on another
     machine, only Optuna's heartbeat tells."""
     storage_arg = str(tmp_path / "s.journal") if kind == "journal" else f"sqlite:///{tmp_path / 'optuna.db'}"
-    args = ["--variant", "sgvb_b", "--latent", "5", "--epochs", "2", "--limit-train", "1000", "--validation", "500",
+    args = ["--variant", "sgvb_b", "--latent", "5", "--epochs", "2", "--limit-train", "5000", "--validation", "500",
             "--study-name", "k", "--storage", storage_arg, "--heartbeat", "1", "--tracking-uri", tracking_uri]
     assert tune.main([*args, "--trials", "0"]) == 0
     storage = st.open_storage(storage_arg, heartbeat=1)
     study = optuna.load_study(study_name="k", storage=storage)
-    study.enqueue_trial({"lr": 1e-3, "batch_size": 32, "hidden": 800})  # a few seconds: time to kill it
+    study.enqueue_trial({"lr": 1e-3, "batch_size": 32, "hidden": 800})  # seconds long: time to kill it
     proc = subprocess.Popen([sys.executable, "-m", "bench.tune", *args, "--trials", "1"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
