@@ -22,7 +22,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -33,12 +32,11 @@ from optuna.trial import FrozenTrial, TrialState
 from bench import study as st
 from bench.cli import main_guard, nonneg_int, positive_float, positive_int
 from bench.data import NAME as DATA_NAME
-from bench.data import load_mnist
 from bench.errors import UserError
 from bench.harness import BINARIZE, PRECISIONS, TrainConfig, resolve_device
 from bench.interrupts import graceful_interrupts
 from bench.run import execute, run_name, run_params, run_tags
-from bench.tracking import DEFAULT_EXPERIMENT, MlflowTracker, get_or_create_experiment, open_store, resolve_tracking_uri
+from bench.tracking import DEFAULT_EXPERIMENT, MlflowTracker, resolve_tracking_uri
 from variants.likelihoods import LIKELIHOODS
 from variants.registry import REGISTRY, Variant, get_variant
 
@@ -313,12 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         st.check_storage_spec(args.storage, resolve_tracking_uri(args.tracking_uri))
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a server's "View run" per run
     st.quiet_optuna()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # Decompressing and checksumming MNIST releases the GIL: it overlaps with opening the MLflow store.
-        loading = pool.submit(load_mnist, args.data_dir)
-        client = open_store(args.tracking_uri)
-        experiment_id = get_or_create_experiment(client, args.experiment)
-        data = loading.result()
+    client, experiment_id, data = st.open_store_and_data(args.tracking_uri, args.experiment, args.data_dir)
     cells = build_cells(args, device, data.digest)
     ghash = grid_hash(cells)
     sweep = st.check_name(args.sweep or f"grid-{ghash}", "sweep id")

@@ -19,6 +19,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,9 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from bench.data import MNIST, load_mnist
 from bench.errors import UserError
-from bench.tracking import FAILURE_TAG, _lock_for, sqlite_path
+from bench.tracking import FAILURE_TAG, _lock_for, get_or_create_experiment, open_store, sqlite_path
 
 HOST = socket.gethostname()
 WORKER = f"{HOST}:{os.getpid()}"  # who runs a trial; a later worker on this host can tell if it is still alive
@@ -404,3 +406,14 @@ def exit_now(status: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+def open_store_and_data(tracking_uri: str | None, experiment: str,
+                        data_dir: str | None) -> tuple[MlflowClient, str, MNIST]:
+    """The MLflow client, the experiment's id and MNIST, for a tune or grid worker."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # Decompressing and checksumming MNIST releases the GIL: it overlaps with opening the MLflow store.
+        loading = pool.submit(load_mnist, data_dir)
+        client = open_store(tracking_uri)
+        experiment_id = get_or_create_experiment(client, experiment)
+        return client, experiment_id, loading.result()

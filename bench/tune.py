@@ -23,7 +23,6 @@ import sys
 import tempfile
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +38,12 @@ from optuna.trial import TrialState
 from bench import study as st
 from bench.cli import main_guard, nonneg_int, positive_float, positive_int
 from bench.data import NAME as DATA_NAME
-from bench.data import load_mnist
 from bench.harness import BINARIZE, PRECISIONS, NonFiniteLoss, TrainConfig, resolve_device, split_validation, train
 from bench.interrupts import graceful_interrupts
 from bench.run import run_name, run_params, run_tags
 from bench.tracking import (
     FAILURE_TAG,
     MlflowTracker,
-    get_or_create_experiment,
-    open_store,
     resolve_tracking_uri,
     ui_address,
 )
@@ -312,12 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         st.check_storage_spec(args.storage, resolve_tracking_uri(args.tracking_uri))
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a server's "View run" per run
     st.quiet_optuna()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # Decompressing and checksumming MNIST releases the GIL: it overlaps with opening the MLflow store.
-        loading = pool.submit(load_mnist, args.data_dir)
-        client = open_store(args.tracking_uri)
-        experiment_id = get_or_create_experiment(client, args.experiment)
-        data = loading.result()
+    client, experiment_id, data = st.open_store_and_data(args.tracking_uri, args.experiment, args.data_dir)
     split_validation(data, cfg)  # a validation split that leaves no training images is a user error, now
     on_stale = st.stale_trial_callback(client)
     spec = args.storage or st.default_storage(client.tracking_uri)
