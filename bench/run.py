@@ -15,7 +15,6 @@ from bench.cli import main_guard, nonneg_int, positive_float, positive_int, seed
 from bench.data import NAME as DATA_NAME
 from bench.data import load_mnist
 from bench.errors import UserError
-from bench.evaluate import final_evaluation
 from bench.harness import BINARIZE, PRECISIONS, NonFiniteLoss, TrainConfig, resolve_device, train
 from bench.interrupts import graceful_interrupts
 from bench.tracking import DEFAULT_EXPERIMENT, FAILURE_TAG, SWEEP_TAG, MlflowTracker, open_store, ui_address
@@ -157,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
 def execute(tracker: MlflowTracker, variant: Variant, cfg: TrainConfig, data: Any,
             start: dict[str, Any] | None, progress: bool, nll_samples: int = 0) -> int:
     """Train under the tracker; whatever happens, the run ends recorded: FINISHED, FAILED or KILLED."""
+    from bench.evaluate import final_evaluation  # here: it pulls in pandas and matplotlib (seconds at start-up)
+
     run_id = tracker.run_id
     try:
         with graceful_interrupts():
