@@ -192,8 +192,15 @@ class MlflowTracker:
         from mlflow.entities import DatasetInput, InputTag
 
         ds = mlflow.data.from_numpy(sample, source=source, name=name, digest=digest)
-        self.client.log_inputs(self.run_id, [DatasetInput(ds._to_mlflow_entity(),
-                                                          [InputTag("mlflow.data.context", context)])])
+        inputs = [DatasetInput(ds._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])]
+        # MLflow looks for the experiment's dataset row, then inserts it: two workers meeting a new experiment
+        # at once collide on its unique key. The lock orders writers on this machine; a writer on another
+        # machine that won the race leaves the row behind, so the second attempt finds it.
+        with _lock_for(self.client.tracking_uri):
+            try:
+                self.client.log_inputs(self.run_id, inputs)
+            except MlflowException:
+                self.client.log_inputs(self.run_id, inputs)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """The latest checkpoint only: each epoch overwrites the previous one."""

@@ -300,3 +300,33 @@ def test_experiment_artifact_location_is_beside_a_new_store(store: MlflowClient)
 def test_open_store_refuses_what_it_cannot_use(uri: str, message: str) -> None:
     with pytest.raises(UserError, match=message):
         open_store(uri)
+
+
+def test_runs_started_at_once_all_log_the_same_dataset(store: MlflowClient) -> None:
+    """MLflow looks for the dataset row, then inserts it: writers that meet a new experiment at the same
+    moment (grid and tune workers do) must not fail on the unique (experiment, name, digest) row."""
+    import threading
+
+    workers, rounds = 4, 5
+    errors: list[BaseException] = []
+    for r in range(rounds):
+        trackers = [MlflowTracker.start(MlflowClient(store.tracking_uri), f"race {r}", f"w{i}", {})
+                    for i in range(workers)]
+        barrier = threading.Barrier(workers)
+
+        def log(tracker: MlflowTracker, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                tracker.log_dataset("mnist", "d1g3st", "/data", "train", torch.zeros(1, 4).numpy())
+            except BaseException as e:  # noqa: BLE001 - collected and asserted on below
+                errors.append(e)
+
+        threads = [threading.Thread(target=log, args=(t,)) for t in trackers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        for t in trackers:
+            (ds,) = store.get_run(t.run_id).inputs.dataset_inputs
+            assert ds.dataset.digest == "d1g3st"
