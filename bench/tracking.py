@@ -70,6 +70,30 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
     raise UserError(f"tracking server {uri} is not reachable ({reason}); start it, or use a sqlite:/// URI")
 
 
+def check_database(uri: str, timeout: int = 10) -> None:
+    """One quick connection to a database URI's server: MLflow retries a failing one for ~100 s and then
+    raises a traceback. A missing driver module raises ModuleNotFoundError, as MLflow would."""
+    scheme = uri.split(":", 1)[0].split("+")[0]
+    if scheme not in ("postgresql", "mysql", "mssql"):
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    connect_args = {"connect_timeout": timeout} if scheme in ("postgresql", "mysql") else {"timeout": timeout}
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=connect_args, poolclass=NullPool)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as e:
+        raise UserError(f"tracking URI {redact(uri)} is malformed ({e})") from None
+    try:
+        engine.connect().close()
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise UserError(f"tracking database {redact(uri)} cannot be reached ({reason}); start it, or use a "
+                        "sqlite:/// URI") from None
+    finally:
+        engine.dispose()
+
+
 def redact(uri: str) -> str:
     """The URI without its password, for messages."""
     return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", uri)
@@ -89,6 +113,7 @@ def open_store(uri: str | None) -> MlflowClient:
     if db is not None and not db.parent.is_dir():
         raise UserError(f"folder {db.parent} for the tracking database does not exist")
     try:
+        check_database(uri)
         with _lock_for(uri):
             client = MlflowClient(uri)
             client.search_experiments(max_results=1)  # creates and migrates the schema

@@ -98,6 +98,9 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
     "missing_data": (["--data-dir", "{missing}"], ["t10k-labels-idx1-ubyte", "not found", "four IDX files"]),
     "unreachable_tracking_server": (["--tracking-uri", "http://127.0.0.1:9"],
                                     ["http://127.0.0.1:9", "not reachable", "sqlite:///"]),
+    "unreachable_tracking_database": (["--tracking-uri", "postgresql+psycopg2://bench:secret@127.0.0.1:9/db"],
+                                      ["postgresql+psycopg2://bench:***@127.0.0.1:9/db", "cannot be reached",
+                                       "sqlite:///"]),
 }
 
 

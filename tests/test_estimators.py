@@ -167,6 +167,22 @@ def test_bernoulli_log_prob_is_the_seeds_negative_bce_on_grey_levels() -> None:
     torch.testing.assert_close(Bernoulli().log_prob(x, logits), -seed_bce, rtol=1e-10, atol=1e-8)
 
 
+def test_bernoulli_log_prob_gradients_are_those_of_bce_with_logits() -> None:
+    """The hand-written backward (x - sigmoid(l) for the logits, l for x) against autograd through
+    PyTorch's BCE-with-logits, with x broadcast against L samples of logits as the estimators use it."""
+    g = gen(6)
+    logits = (torch.randn(3, 5, 784, generator=g, dtype=torch.float64) * 8).requires_grad_()
+    x = torch.rand(5, 784, generator=g, dtype=torch.float64).requires_grad_()
+    weights = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    ours = torch.autograd.grad((Bernoulli().log_prob(x, logits) * weights).sum(), (logits, x))
+    bce = F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+    ref = torch.autograd.grad((-bce * weights).sum(), (logits, x))
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    small = (torch.randn(2, 6, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    assert torch.autograd.gradcheck(Bernoulli().log_prob, (torch.rand(2, 6, dtype=torch.float64), small))
+
+
 # ---------------------------------------------------------------- estimators
 
 
