@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -71,7 +72,7 @@ def main() -> None:
     for r in range(args.rounds):
         floors.append(gemm_floor(model, args.samples * len(x)) * scale)
         t = time.perf_counter()
-        result = estimate_nll(model, x, args.samples, progress=True)
+        result = estimate_nll(model, x, args.samples, progress=sys.stderr.isatty())
         nlls.append((time.perf_counter() - t) * scale)
         print(f"round {r + 1}: GEMM floor {floors[-1]:.1f} s ({flops / floors[-1] / 1e9:.0f} GFLOP/s), "
               f"NLL {nlls[-1]:.1f} s, ratio {nlls[-1] / floors[-1]:.2f}  (nll {result.nll:.2f})", flush=True)
