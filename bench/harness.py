@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from bench.data import MNIST
 from bench.errors import UserError
+from bench.images import save_grid
 from bench.interrupts import critical
 from bench.tracker import NullTracker, Tracker
 from variants.estimators import analytic_kl
@@ -122,16 +123,14 @@ def evaluate_test(model: VAE, x: Tensor, batch_size: int = 2000) -> dict[str, fl
 @torch.inference_mode()
 def save_grids(model: VAE, test_x: Tensor, epoch: int, folder: Path, seed: int) -> list[Path]:
     """The seed's two pictures: 8 test digits above their reconstructions, and 64 decodes of prior draws."""
-    from torchvision.utils import save_image  # imported here: torchvision costs ~3 s at start-up
-
     lik = model.likelihood
     x = test_x[:8]
     recon = lik.mean(model.decode(model.encode(x)[0]))
     z = torch.randn((64, model.latent), generator=_generator(test_x.device, seed, 64), device=test_x.device)
     samples = lik.mean(model.decode(z))
     paths = [folder / f"reconstruction_{epoch:03d}.png", folder / f"samples_{epoch:03d}.png"]
-    save_image(torch.cat([x, recon]).view(-1, 1, 28, 28).float().cpu(), paths[0], nrow=8)
-    save_image(samples.view(-1, 1, 28, 28).float().cpu(), paths[1], nrow=8)
+    save_grid(torch.cat([x, recon]), paths[0], nrow=8)
+    save_grid(samples, paths[1], nrow=8)
     return paths
 
 

@@ -11,7 +11,8 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
-from torchvision.utils import save_image
+
+from bench.images import save_grid
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015: active if Var_x(E_q[z_j|x]) > 0.01
 MANIFOLD_SIZE = 20  # Kingma & Welling's learned-manifold figure: a 20 x 20 grid
@@ -106,5 +107,5 @@ def save_manifold(model: nn.Module, path: Path, size: int = MANIFOLD_SIZE) -> Pa
     device = next(model.parameters()).device
     z = manifold_grid(size).to(device)
     images = model.likelihood.mean(model.decode(z))
-    save_image(images.view(-1, 1, 28, 28).float().cpu(), path, nrow=size, padding=1)
+    save_grid(images, path, nrow=size, padding=1)
     return path

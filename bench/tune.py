@@ -27,10 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-
-# The harness imports torchvision lazily, for the first epoch's images: import it here so that it counts as
-# start-up in the overhead this worker reports, not as the first trial's training time.
-import torchvision.utils  # noqa: F401
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 from optuna.trial import TrialState
