@@ -52,7 +52,7 @@ class _BernoulliLogProb(torch.autograd.Function):
         x, logits = ctx.saved_tensors
         g = grad.unsqueeze(-1)
         grad_x = (logits * g).sum_to_size(x.shape) if ctx.needs_input_grad[0] else None
-        grad_logits = (x - torch.sigmoid(logits)) * g if ctx.needs_input_grad[1] else None
+        grad_logits = ((x - torch.sigmoid(logits)) * g).sum_to_size(logits.shape) if ctx.needs_input_grad[1] else None
         return grad_x, grad_logits
 
 
