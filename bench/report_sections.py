@@ -59,12 +59,17 @@ def long_history(ctx: Ctx, metrics: list[str], runs: pd.DataFrame) -> pd.DataFra
     return df.sort_values(["label", "latent", "seed", "quantity", "epoch"], kind="stable").reset_index(drop=True)
 
 
-def git_commit() -> str:
+def git_commit(out: Path | None = None) -> str:
+    """The checkout's commit, and whether code differs from it. The report's own folder does not count:
+    rewriting a committed report (its figures are cleared first) is not a change to the code."""
+    exclude = []
+    if out is not None and out.resolve().is_relative_to(REPO):
+        exclude = [f":(exclude){out.resolve().relative_to(REPO).as_posix()}"]
     try:
         sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *exclude], capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown (not a git checkout)"
     return f"`{sha}`" + (" with uncommitted changes" if dirty else "")
@@ -119,7 +124,7 @@ def header(ctx: Ctx, date: str) -> list[str]:
     lines = [
         title, "",
         f"- **Date:** {date}",
-        f"- **Code:** vae-bench commit {git_commit()}",
+        f"- **Code:** vae-bench commit {git_commit(ctx.out)}",
         f"- **Runs:** {where}, tracking store `{d.uri}`",
         f"- **Counts:** {count_line}",
         f"- **Machine:** report made on {machine()}; runs trained on {', '.join(devices) or 'unknown'}.",
