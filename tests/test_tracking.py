@@ -296,6 +296,8 @@ def test_experiment_artifact_location_is_beside_a_new_store(store: MlflowClient)
     ("file:///tmp/mlruns", "file store"),
     ("sqlite:////nonexistent-folder-for-vae-bench/mlflow.db", "does not exist"),
     ("http://127.0.0.1:9", "not reachable"),
+    ("postgresql+psycopg2://u:secret@127.0.0.1:9/db", "cannot be reached"),  # refused: no minutes of retries
+    ("postgresql+psycopg2://u:secret@host:notaport/db", "malformed"),
 ])
 def test_open_store_refuses_what_it_cannot_use(uri: str, message: str) -> None:
     with pytest.raises(UserError, match=message):
