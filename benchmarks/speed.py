@@ -8,7 +8,10 @@ alike; the figures to quote are the ratios. Contenders, all on the seed's config
 Bernoulli, estimator B, L=1, Adam 1e-3, batch 128, float32 unless said):
 - classic: the seed's code (torchvision MNIST dataset + ToTensor, DataLoader, a train and a test pass,
   sample and reconstruction images each epoch), as in pytorch/examples vae/main.py;
-- gemm floor: only the matrix products of one epoch's forward and backward passes at these shapes;
+- gemm floor (fp32, bf16): only the matrix products of one epoch's forward and backward passes at these
+  shapes, in that precision;
+- fused Adam alone: the harness's optimiser, one step per batch, with no model around it;
+- test pass alone: the harness's per-epoch evaluation of the 10,000 test images (every contender has one);
 - vae-bench (tracked): the harness with MLflow tracking into a SQLite store (metrics, image grids and
   the checkpoint every epoch);
 - vae-bench (untracked): the same with a do-nothing tracker, to price tracking;
@@ -17,12 +20,19 @@ Bernoulli, estimator B, L=1, Adam 1e-3, batch 128, float32 unless said):
   batch 128, data given as in-memory arrays, one epoch (train + eval) per call. pythae is not a
   dependency; to include it: python -m venv --system-site-packages /tmp/pythae-venv &&
   /tmp/pythae-venv/bin/pip install --no-deps pythae imageio, then run this script with that python.
+
+It ends with the speed goals (issue 2): what each asks for in seconds per epoch, the least any trainer with
+Adam could take here (GEMM floor + Adam's steps + the test pass, each timed alone), and whether vae-bench
+meets it. benchmarks/manual_step.py times a hand-written step without autograd against the same floors.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
+import io
+import logging
 import shutil
 import statistics
 import tempfile
@@ -37,7 +47,7 @@ from torch import nn
 
 from bench.cli import quiet_libraries
 from bench.data import MD5, bundled_dir, load_mnist
-from bench.harness import TrainConfig, train
+from bench.harness import TrainConfig, build, evaluate_test, train
 from bench.tracker import NullTracker
 from bench.tracking import MlflowTracker, open_store
 from variants import get_variant
@@ -110,24 +120,57 @@ def classic_contender(root: Path, out: Path) -> Callable[[], float]:
     return run
 
 
-def gemm_floor_contender() -> Callable[[], float]:
+BATCH_SIZES = [BATCH] * (N_TRAIN // BATCH) + ([N_TRAIN % BATCH] if N_TRAIN % BATCH else [])  # 469 batches
+
+
+def gemm_floor_contender(dtype: torch.dtype = torch.float32) -> Callable[[], float]:
     """The forward and backward matrix products of one epoch (469 batches) at the model's shapes."""
-    sizes = [BATCH] * (N_TRAIN // BATCH) + ([N_TRAIN % BATCH] if N_TRAIN % BATCH else [])
     layers = [(784, HIDDEN), (HIDDEN, 2 * LATENT), (LATENT, HIDDEN), (HIDDEN, 784)]  # (in, out)
-    w = [torch.randn(o, i) * 0.05 for i, o in layers]
-    gw = [torch.empty(o, i) for i, o in layers]
-    inputs = {b: [torch.rand(b, i) for i, _ in layers] for b in set(sizes)}  # each layer's input
-    grads = {b: [torch.rand(b, o) for _, o in layers] for b in set(sizes)}  # gradient at each output
+    w = [(torch.randn(o, i) * 0.05).to(dtype) for i, o in layers]
+    gw = [torch.empty(o, i, dtype=dtype) for i, o in layers]
+    inputs = {b: [torch.rand(b, i).to(dtype) for i, _ in layers] for b in set(BATCH_SIZES)}  # each layer's input
+    grads = {b: [torch.rand(b, o).to(dtype) for _, o in layers] for b in set(BATCH_SIZES)}  # gradient at each output
 
     def run() -> float:
         t0 = time.perf_counter()
-        for b in sizes:
+        for b in BATCH_SIZES:
             for a, wi in zip(inputs[b], w, strict=True):
                 torch.mm(a, wi.t())  # forward
             for k, (a, g) in enumerate(zip(inputs[b], grads[b], strict=True)):
                 torch.mm(g.t(), a, out=gw[k])  # weight gradient
                 if k > 0:
                     torch.mm(g, w[k])  # input gradient (the data needs none)
+        return time.perf_counter() - t0
+
+    return run
+
+
+def adam_floor_contender() -> Callable[[], float]:
+    """The harness's optimiser alone: one epoch of fused Adam steps (469) on the seed's model, float32 state.
+
+    Any trainer of this model with Adam pays this on top of the GEMMs, whatever precision its products use.
+    """
+    model, opt = build(get_variant("sgvb_b"), TrainConfig())
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        for _ in BATCH_SIZES:
+            opt.step()
+        return time.perf_counter() - t0
+
+    return run
+
+
+def test_pass_contender() -> Callable[[], float]:
+    """The harness's per-epoch test pass alone (bench.harness.evaluate_test on the 10,000 test images, fp32)."""
+    model, _ = build(get_variant("sgvb_b"), TrainConfig())
+    test_x = load_mnist().test_x
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        evaluate_test(model, test_x)
         return time.perf_counter() - t0
 
     return run
@@ -143,9 +186,9 @@ def pythae_contender(out: Path) -> Callable[[], float] | None:
         from pythae.trainers import BaseTrainerConfig
     except ImportError:
         return None
-    import logging
-
-    logging.getLogger("pythae").setLevel(logging.ERROR)
+    for name in list(logging.root.manager.loggerDict):  # pythae's modules log at INFO on handlers of their own
+        if name.startswith("pythae"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
     class Encoder(BaseEncoder):
         def __init__(self) -> None:
@@ -175,7 +218,8 @@ def pythae_contender(out: Path) -> Callable[[], float] | None:
 
     def run() -> float:
         t0 = time.perf_counter()
-        TrainingPipeline(training_config=config, model=model)(train_data=train_x, eval_data=test_x)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its bars
+            TrainingPipeline(training_config=config, model=model)(train_data=train_x, eval_data=test_x)
         return time.perf_counter() - t0
 
     return run
@@ -199,6 +243,32 @@ def harness_contender(precision: str, tracked: bool, store: Path) -> Callable[[]
     return run
 
 
+FLOOR_FP32, FLOOR_BF16 = "gemm floor (fp32)", "gemm floor (bf16)"
+ADAM, TEST_PASS = "fused Adam alone", "test pass alone"
+CLASSIC, PYTHAE = "classic seed loop", "pythae 0.1.2"
+TRACKED = {"fp32": "vae-bench fp32, tracked", "bf16": "vae-bench bf16, tracked"}
+
+
+def goals_table(med: dict[str, float]) -> list[list[str]]:
+    """Each speed goal: the seconds per epoch it asks for, the least any trainer could take here (GEMM floor
+    plus Adam's steps plus the test pass, each timed alone in this run), what vae-bench takes, and whether
+    the goal is met."""
+    rest = med[ADAM] + med[TEST_PASS]
+    bounds = {"fp32": med[FLOOR_FP32] + rest, "bf16": med[FLOOR_BF16] + rest}
+    goals = [("1.3x the fp32 GEMM floor", "fp32", 1.3 * med[FLOOR_FP32])]
+    if CLASSIC in med:
+        goals += [("4x the seed's loop, fp32", "fp32", med[CLASSIC] / 4),
+                  ("7x the seed's loop, bf16", "bf16", med[CLASSIC] / 7)]
+    if PYTHAE in med:
+        goals.append(("2.5x pythae, fp32", "fp32", med[PYTHAE] / 2.5))
+    rows = []
+    for goal, precision, needs in goals:
+        ours = med[TRACKED[precision]]
+        rows.append([goal, f"{needs:.2f}", f"{bounds[precision]:.2f}", "yes" if bounds[precision] <= needs else "no",
+                     f"{ours:.2f}", "yes" if ours <= needs else "no"])
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each contender runs one epoch a round")
@@ -210,27 +280,27 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="vae-bench-speed-") as tmp:
         tmp_path = Path(tmp)
-        contenders: dict[str, Callable[[], float]] = {"gemm floor (fp32)": gemm_floor_contender()}
+        contenders: dict[str, Callable[[], float]] = {
+            FLOOR_FP32: gemm_floor_contender(), FLOOR_BF16: gemm_floor_contender(torch.bfloat16),
+            ADAM: adam_floor_contender(), TEST_PASS: test_pass_contender()}
         if not args.skip_classic:
-            contenders["classic seed loop"] = classic_contender(tmp_path / "data", tmp_path)
+            contenders[CLASSIC] = classic_contender(tmp_path / "data", tmp_path)
         pythae = pythae_contender(tmp_path)
         if pythae is not None:
-            contenders["pythae 0.1.2"] = pythae
+            contenders[PYTHAE] = pythae
         contenders["vae-bench fp32, untracked"] = harness_contender("fp32", False, tmp_path)
-        contenders["vae-bench fp32, tracked"] = harness_contender("fp32", True, tmp_path)
-        contenders["vae-bench bf16, tracked"] = harness_contender("bf16", True, tmp_path)
+        contenders[TRACKED["fp32"]] = harness_contender("fp32", True, tmp_path)
+        contenders[TRACKED["bf16"]] = harness_contender("bf16", True, tmp_path)
         times: dict[str, list[float]] = {k: [] for k in contenders}
         for name, run in contenders.items():  # warm-up: imports, kernel selection (bf16), first artifacts
-            if name != "classic seed loop":
+            if name != CLASSIC:
                 print(f"warm-up: {name}: {run():.2f} s", flush=True)
         for r in range(args.rounds):
             for name, run in contenders.items():
                 times[name].append(run())
                 print(f"round {r + 1}: {name}: {times[name][-1]:.2f} s", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
-    floor = med["gemm floor (fp32)"]
-    classic = med.get("classic seed loop")
-    pythae_s = med.get("pythae 0.1.2")
+    floor, classic, pythae_s = med[FLOOR_FP32], med.get(CLASSIC), med.get(PYTHAE)
     rows = []
     for name, m in med.items():
         rows.append([name, f"{m:.2f}", f"{min(times[name]):.2f}", f"{m / floor:.2f}x",
@@ -240,8 +310,10 @@ def main() -> None:
           "(median and best seconds per epoch)")
     print(tabulate(rows, headers=["contender", "s/epoch (median)", "best", "vs GEMM floor", "speed-up vs classic",
                                      "vs pythae"]))
-    untracked, tracked = med["vae-bench fp32, untracked"], med["vae-bench fp32, tracked"]
+    untracked, tracked = med["vae-bench fp32, untracked"], med[TRACKED["fp32"]]
     print(f"\ncost of tracking (fp32): {100 * (tracked / untracked - 1):+.1f}% per epoch")
+    print("\nspeed goals (s/epoch); least possible = GEMM floor of that precision + Adam alone + test pass alone:")
+    print(tabulate(goals_table(med), headers=["goal", "needs", "least possible", "reachable", "vae-bench", "met"]))
 
 
 if __name__ == "__main__":

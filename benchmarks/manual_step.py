@@ -1,0 +1,194 @@
+"""How fast can eager PyTorch train the seed's model on this machine at all? The step written out by hand.
+
+    python benchmarks/manual_step.py              # about 1 minute on 2 CPU cores
+    python benchmarks/manual_step.py --rounds 5
+
+The harness lets autograd differentiate every estimator. This script writes out the one configuration the
+speed goals are set on (estimator B, L=1, Bernoulli decoder, 784-400-20, batch 128, fused Adam 1e-3): the
+forward pass and the chain rule of the seed's loss as explicit matrix products, with no autograd, no
+per-op graph and one flat parameter tensor for Adam. That is close to the least work an eager trainer can
+do per step, so it bounds what the harness could gain by being rewritten for this one variant.
+
+It first checks the hand-written gradients against autograd's on the harness's own model (fp32: to float
+rounding; bf16: against autocast, to bf16 rounding). Then, in interleaved rounds in this one process, it
+times one epoch of:
+- the GEMM floor (benchmarks/speed.py) in fp32 and bf16;
+- the hand-written step, fp32 and bf16 (products in bf16, the loss and Adam in fp32, as autocast does),
+  followed by the harness's own test pass (bench.harness.evaluate_test, as every contender runs one);
+- the harness, untracked (bench.harness.train: training, test pass, image grids).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from speed import BATCH, gemm_floor_contender
+from tabulate import tabulate
+from torch import Tensor, nn
+
+from bench.cli import quiet_libraries
+from bench.data import load_mnist
+from bench.harness import TrainConfig, build, evaluate_test, train
+from bench.tracker import NullTracker
+from variants import get_variant
+from variants.likelihoods import _bernoulli_log_prob_value
+from variants.model import VAE
+
+
+class HandWrittenStep:
+    """sgvb_b with L=1 and a Bernoulli decoder; -ELBO = BCE(l, x) + KL, summed over the batch.
+
+    Forward: h1 = relu(x W1' + b1), [mu, logvar] = h1 W2' + b2, z = mu + exp(logvar / 2) * eps,
+    h3 = relu(z W3' + b3), l = h3 W4' + b4. Backward, from d(-ELBO)/dl = sigmoid(l) - x:
+    dz = dh3 W3, d/dmu = dz + mu, d/dlogvar = dz * eps * sigma / 2 + (sigma^2 - 1) / 2.
+    """
+
+    def __init__(self, model: VAE, dtype: torch.dtype) -> None:
+        params = [p.detach() for layer in (model.fc1, model.fc2, model.fc3, model.fc4)
+                  for p in (layer.weight, layer.bias)]
+        self.flat = nn.Parameter(torch.cat([p.reshape(-1) for p in params]))
+        self.flat.grad = torch.zeros_like(self.flat)
+        self.weights = self._views(self.flat.data, params)
+        self.grads = self._views(self.flat.grad, params)
+        self.opt = torch.optim.Adam([self.flat], lr=1e-3, fused=True)
+        self.dtype = dtype
+        self.latent = model.latent
+
+    @staticmethod
+    def _views(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
+        return [v.view_as(p) for v, p in zip(flat.split([p.numel() for p in like]), like, strict=True)]
+
+    def backward(self, x: Tensor, eps: Tensor) -> Tensor:
+        """Fill self.flat.grad with the batch's gradient; return (recon, kld) summed over the batch."""
+        lp = self.dtype  # the products' precision
+        w1, b1, w2, b2, w3, b3, w4, b4 = (w.to(lp) for w in self.weights)
+        g_w1, g_b1, g_w2, g_b2, g_w3, g_b3, g_w4, g_b4 = self.grads
+        x_lp = x.to(lp)
+        h1 = torch.addmm(b1, x_lp, w1.t()).relu_()
+        e = torch.addmm(b2, h1, w2.t()).float()
+        mu, logvar = e[:, :self.latent], e[:, self.latent:]
+        sigma = logvar.mul(0.5).exp_()
+        z = torch.addcmul(mu, sigma, eps)
+        z_lp = z.to(lp)
+        h3 = torch.addmm(b3, z_lp, w3.t()).relu_()
+        logits = torch.addmm(b4, h3, w4.t()).float()
+        var = sigma * sigma
+        sums = torch.stack((-_bernoulli_log_prob_value(x, logits).sum(),
+                            -0.5 * (1 + logvar - mu * mu - var).sum()))
+        d_logits = logits.sigmoid_().sub_(x)
+        torch.sum(d_logits, 0, out=g_b4)
+        d_logits = d_logits.to(lp)
+        g_w4.copy_(d_logits.t().mm(h3))
+        d_h3 = d_logits.mm(w4).mul_(h3 > 0)
+        g_w3.copy_(d_h3.t().mm(z_lp))
+        g_b3.copy_(d_h3.sum(0))
+        d_z = d_h3.mm(w3).float()
+        d_e = torch.cat((d_z + mu, torch.addcmul((var - 1).mul_(0.5), d_z * eps, sigma, value=0.5)), dim=1)
+        torch.sum(d_e, 0, out=g_b2)
+        d_e = d_e.to(lp)
+        g_w2.copy_(d_e.t().mm(h1))
+        d_h1 = d_e.mm(w2).mul_(h1 > 0)
+        g_w1.copy_(d_h1.t().mm(x_lp))
+        g_b1.copy_(d_h1.sum(0))
+        return sums
+
+    def load_into(self, model: VAE) -> None:
+        params = [p for layer in (model.fc1, model.fc2, model.fc3, model.fc4) for p in (layer.weight, layer.bias)]
+        with torch.no_grad():
+            for p, w in zip(params, self.weights, strict=True):
+                p.copy_(w)
+
+
+def check_gradients(x: Tensor) -> dict[str, float]:
+    """The largest over parameters of max |hand-written - autograd| / max |autograd| on one batch, for fp32 and
+    for bf16 (against autocast)."""
+    worst = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        model, _ = build(get_variant("sgvb_b"), TrainConfig())
+        step = HandWrittenStep(model, dtype)
+        gen = torch.Generator().manual_seed(7)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16 else contextlib.nullcontext()
+        with autocast:
+            get_variant("sgvb_b").estimate(model, x, gen).objective.sum().backward()
+        eps = torch.randn((len(x), model.latent), generator=torch.Generator().manual_seed(7))
+        step.backward(x, eps)
+        auto = [p.grad for layer in (model.fc1, model.fc2, model.fc3, model.fc4) for p in (layer.weight, layer.bias)]
+        errors = [float((g - a).abs().max() / a.abs().max()) for g, a in zip(step.grads, auto, strict=True)]
+        worst[name] = max(errors)
+    return worst
+
+
+def hand_written_contender(dtype: torch.dtype) -> Callable[[], float]:
+    """One epoch of the hand-written step per call, then the harness's test pass."""
+    data = load_mnist()
+    model, _ = build(get_variant("sgvb_b"), TrainConfig())
+    step = HandWrittenStep(model, dtype)
+    train_x, test_x = data.train_x, data.test_x
+    epoch = [0]
+
+    def run() -> float:
+        epoch[0] += 1
+        gen = torch.Generator().manual_seed(epoch[0])
+        t0 = time.perf_counter()
+        perm = torch.randperm(len(train_x), generator=gen)
+        sums = torch.zeros(2)
+        for i in range(0, len(train_x), BATCH):
+            x = train_x.index_select(0, perm[i:i + BATCH])
+            sums += step.backward(x, torch.randn((len(x), step.latent), generator=gen))
+            step.opt.step()
+        step.load_into(model)  # the test pass runs on the harness's model, with the trained weights
+        evaluate_test(model, test_x)
+        return time.perf_counter() - t0
+
+    return run
+
+
+def harness_contender(precision: str) -> Callable[[], float]:
+    data, variant = load_mnist(), get_variant("sgvb_b")
+    cfg = TrainConfig(epochs=1, precision=precision)
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        train(variant, cfg, data, NullTracker(), log=lambda _: None)
+        return time.perf_counter() - t0
+
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each contender runs one epoch a round")
+    args = ap.parse_args()
+    quiet_libraries()
+    errors = check_gradients(load_mnist().train_x[:BATCH])
+    print(tabulate([[k, f"{v:.1e}"] for k, v in errors.items()],
+                   headers=["hand-written vs autograd", "max relative gradient error"]), "\n")
+    contenders = {  # name: (precision, one epoch per call)
+        "gemm floor fp32": ("fp32", gemm_floor_contender()),
+        "gemm floor bf16": ("bf16", gemm_floor_contender(torch.bfloat16)),
+        "hand-written fp32 + test pass": ("fp32", hand_written_contender(torch.float32)),
+        "hand-written bf16 + test pass": ("bf16", hand_written_contender(torch.bfloat16)),
+        "harness fp32, untracked": ("fp32", harness_contender("fp32")),
+        "harness bf16, untracked": ("bf16", harness_contender("bf16")),
+    }
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for _, run in contenders.values():
+        run()  # warm-up
+    for r in range(args.rounds):
+        for name, (_, run) in contenders.items():
+            times[name].append(run())
+            print(f"round {r + 1}: {name}: {times[name][-1]:.2f} s", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows = [[name, f"{m:.2f}", f"{m / med['gemm floor ' + precision]:.2f}x"]
+            for name, m in med.items() for precision in [contenders[name][0]]]
+    print()
+    print(tabulate(rows, headers=["contender", "s/epoch (median)", "vs GEMM floor of its precision"]))
+
+
+if __name__ == "__main__":
+    main()
