@@ -12,34 +12,27 @@ from collections.abc import Callable
 from bench.errors import UserError
 
 
-def positive_int(text: str) -> int:
+def _int_where(text: str, ok: Callable[[int], bool], wrong: str, accepted: str) -> int:
+    """``text`` as an integer for which ``ok`` holds; else argparse's error "<value> <wrong>; give <accepted>"."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a positive integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not positive; give a positive integer")
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give {accepted}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{value} {wrong}; give {accepted}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_where(text, lambda v: v >= 1, "is not positive", "a positive integer")
 
 
 def nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give 0 or more") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
-    return value
+    return _int_where(text, lambda v: v >= 0, "is negative", "0 or more")
 
 
 def seed_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a seed from 0 to 2**63-1") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"{value} is out of range; give a seed from 0 to 2**63-1")
-    return value
+    return _int_where(text, lambda v: 0 <= v < 2**63, "is out of range", "a seed from 0 to 2**63-1")
 
 
 def positive_float(text: str) -> float:

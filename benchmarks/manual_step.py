@@ -40,6 +40,11 @@ from variants.likelihoods import _bernoulli_log_prob_value
 from variants.model import VAE
 
 
+def layer_parameters(model: VAE) -> list[Tensor]:
+    """The seed model's weights and biases in the order of model.parameters(): fc1.weight, fc1.bias, ... fc4.bias."""
+    return [p for layer in (model.fc1, model.fc2, model.fc3, model.fc4) for p in (layer.weight, layer.bias)]
+
+
 class HandWrittenStep:
     """sgvb_b with L=1 and a Bernoulli decoder; -ELBO = BCE(l, x) + KL, summed over the batch.
 
@@ -49,8 +54,7 @@ class HandWrittenStep:
     """
 
     def __init__(self, model: VAE, dtype: torch.dtype) -> None:
-        params = [p.detach() for layer in (model.fc1, model.fc2, model.fc3, model.fc4)
-                  for p in (layer.weight, layer.bias)]
+        params = [p.detach() for p in layer_parameters(model)]
         self.flat = nn.Parameter(torch.cat([p.reshape(-1) for p in params]))
         self.flat.grad = torch.zeros_like(self.flat)
         self.weights = self._views(self.flat.data, params)
@@ -98,9 +102,8 @@ class HandWrittenStep:
         return sums
 
     def load_into(self, model: VAE) -> None:
-        params = [p for layer in (model.fc1, model.fc2, model.fc3, model.fc4) for p in (layer.weight, layer.bias)]
         with torch.no_grad():
-            for p, w in zip(params, self.weights, strict=True):
+            for p, w in zip(layer_parameters(model), self.weights, strict=True):
                 p.copy_(w)
 
 
@@ -117,7 +120,7 @@ def check_gradients(x: Tensor) -> dict[str, float]:
             get_variant("sgvb_b").estimate(model, x, gen).objective.sum().backward()
         eps = torch.randn((len(x), model.latent), generator=torch.Generator().manual_seed(7))
         step.backward(x, eps)
-        auto = [p.grad for layer in (model.fc1, model.fc2, model.fc3, model.fc4) for p in (layer.weight, layer.bias)]
+        auto = [p.grad for p in layer_parameters(model)]
         errors = [float((g - a).abs().max() / a.abs().max()) for g, a in zip(step.grads, auto, strict=True)]
         worst[name] = max(errors)
     return worst

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+from mlflow import MlflowClient
 
 from bench.cli import quiet_libraries
 from bench.data import MNIST, load_mnist
@@ -22,10 +26,36 @@ def mnist() -> MNIST:
     return load_mnist()
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a module of small tensors: faster on a shared 2-core machine, and the same
+    reduction order in every run. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def migrated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store, made once: MLflow creates and migrates its schema (seconds of CPU) here
+    and not in every test. Creating a store from nothing is tested in test_tracking."""
+    db = tmp_path_factory.mktemp("migrated-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+def copy_store(migrated_store: Path, folder: Path) -> str:
+    """A copy of the migrated empty store in ``folder``; returns its tracking URI."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(migrated_store, folder / "mlflow.db")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
 @pytest.fixture
-def tracking_uri(tmp_path: Path) -> str:
-    """A fresh, real SQLite MLflow store in a temporary folder."""
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+def tracking_uri(tmp_path: Path, migrated_store: Path) -> str:
+    """A fresh, real SQLite MLflow store in a temporary folder (a copy of the migrated empty one)."""
+    return copy_store(migrated_store, tmp_path)
 
 
 def run_cli(module: str, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,

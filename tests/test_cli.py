@@ -26,7 +26,7 @@ from mlflow.entities import Run
 
 from bench.data import MD5, bundled_dir
 from bench.tracking import CHECKPOINT, FAILURE_TAG
-from tests.conftest import run_cli
+from tests.conftest import copy_store, run_cli
 from variants.registry import REGISTRY
 
 PROG = "python -m bench.run"
@@ -48,13 +48,6 @@ def time_limit(seconds: float) -> float:
 
 def sqlite_uri(folder: Path) -> str:
     return f"sqlite:///{folder / 'mlflow.db'}"
-
-
-def seed_store(template: Path, folder: Path) -> None:
-    """A copy of a migrated empty store: each process here skips MLflow's schema migration (seconds of
-    CPU); a new store's creation is tested in test_tracking."""
-    folder.mkdir(exist_ok=True)
-    shutil.copy(template, folder / "mlflow.db")
 
 
 def timed_cli(args: list[str], cwd: Path) -> Outcome:
@@ -149,12 +142,10 @@ def interrupted_run(folder: Path, sig: int, resume: bool, extra: list[str]) -> I
 
 
 @pytest.fixture(scope="module")
-def cli(tmp_path_factory: pytest.TempPathFactory) -> Results:
+def cli(tmp_path_factory: pytest.TempPathFactory, migrated_store: Path) -> Results:
     """Every bench.run process of this module, two at a time (each is mostly interpreter start-up):
     the error cases, --list, a NaN run, a SIGINT-then-resume run with its uninterrupted twin, a SIGTERM run."""
     root = tmp_path_factory.mktemp("cli")
-    template = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{template}").search_experiments()  # creates and migrates the schema
     dirs = {"corrupt": str(corrupt_data_dir(root / "corrupt")), "missing": str(missing_data_dir(root / "missing"))}
     jobs: dict[str, tuple[list[str], Path]] = {}
     for name, (args, _) in ERROR_CASES.items():
@@ -168,9 +159,9 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> Results:
     for name, (_, cwd) in jobs.items():
         cwd.mkdir()
         if name in ("unknown_resume_id", "corrupt_data", "missing_data", "nan", "reference"):
-            seed_store(template, cwd)
+            copy_store(migrated_store, cwd)  # no schema migration in each process
     for name in ("sigint", "sigterm"):
-        seed_store(template, root / name)
+        copy_store(migrated_store, root / name)
     with ThreadPoolExecutor(max_workers=2) as pool:
         # the long ones first, so that the quick ones fill the gaps
         sigint = pool.submit(interrupted_run, root / "sigint", signal.SIGINT, True, INTERRUPTED_ARGS)

@@ -134,14 +134,17 @@ def test_corrupt_content_is_a_user_error_naming_the_file(stem: str, tmp_path: Pa
     assert "\n" not in message
 
 
+def flip_byte(path: Path, index: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[index] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def test_corrupt_uncompressed_file_is_a_user_error(tmp_path: Path) -> None:
     folder = gunzip_into(tmp_path, FILES[2:])  # the two test-set files, uncompressed
     for stem in FILES[:2]:
         shutil.copy(bundled_dir() / f"{stem}.gz", folder / f"{stem}.gz")
-    target = folder / "t10k-labels-idx1-ubyte"
-    data = bytearray(target.read_bytes())
-    data[-1] ^= 0xFF
-    target.write_bytes(bytes(data))
+    flip_byte(folder / "t10k-labels-idx1-ubyte", -1)
     with pytest.raises(UserError, match="t10k-labels-idx1-ubyte"):
         load_mnist(folder)
 
@@ -150,9 +153,7 @@ def test_flipped_byte_in_the_gz_stream_is_a_user_error(tmp_path: Path) -> None:
     """A byte flipped in the compressed file itself: gzip's CRC (or the md5) catches it, never a traceback."""
     folder = copy_bundled(tmp_path)
     target = folder / "train-labels-idx1-ubyte.gz"
-    data = bytearray(target.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    target.write_bytes(bytes(data))
+    flip_byte(target, target.stat().st_size // 2)
     with pytest.raises(UserError, match="train-labels-idx1-ubyte.gz"):
         load_mnist(folder)
 

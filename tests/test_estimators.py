@@ -7,7 +7,7 @@ tolerances are a few standard errors computed from the same draws, never tuned t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -31,14 +31,7 @@ from variants.estimators import (
 from variants.likelihoods import DEFAULT_GAUSSIAN_VARIANCE, Bernoulli, Gaussian
 from variants.model import VAE
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: these small ops run faster so on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gen(seed: int) -> torch.Generator:

@@ -16,18 +16,6 @@ from bench import grid
 from bench.cli import main_guard
 from bench.tracking import SWEEP_TAG
 from tests.conftest import REPO
-from tests.store_template import copy_store, make_template
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_template(tmp_path_factory)
-
-
-@pytest.fixture
-def tracking_uri(tmp_path: Path, template: Path) -> str:
-    """A fresh, real SQLite MLflow store (a copy of a migrated one: no migration per test)."""
-    return copy_store(template, tmp_path)
 
 TINY = ["--epochs", "1", "--limit-train", "100"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,14 +21,7 @@ METRICS = {"train_loss", "train_recon", "train_kld", "test_loss", "test_recon", 
            "epoch_seconds", "train_samples_per_second"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: faster for these tiny runs on a shared 2-core machine, and the same
-    reduction order in every run of this module."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**overrides: Any) -> TrainConfig:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,13 +12,7 @@ from variants import REGISTRY, Variant, get_variant
 from variants.estimators import ESTIMATORS
 from variants.likelihoods import Bernoulli, Gaussian
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_registry_keys_are_the_variants_names_with_descriptions() -> None:

@@ -22,20 +22,8 @@ from bench.errors import UserError
 from bench.harness import TrainConfig, split_validation
 from bench.tracking import FAILURE_TAG
 from tests.conftest import REPO
-from tests.store_template import copy_store, make_template
 from variants import search_space
 from variants.registry import REGISTRY
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_template(tmp_path_factory)
-
-
-@pytest.fixture
-def tracking_uri(tmp_path: Path, template: Path) -> str:
-    """A fresh, real SQLite MLflow store (a copy of a migrated one: no migration per test)."""
-    return copy_store(template, tmp_path)
 
 SMALL = ["--variant", "sgvb_b", "--latent", "5", "--epochs", "2", "--limit-train", "200", "--validation", "500"]
 
