@@ -85,21 +85,21 @@ class HandWrittenStep:
         sums = torch.stack((-_bernoulli_log_prob_value(x, logits).sum(),
                             -0.5 * (1 + logvar - mu * mu - var).sum()))
         d_logits = logits.sigmoid_().sub_(x)
-        torch.sum(d_logits, 0, out=g_b4)
-        d_logits = d_logits.to(lp)
-        g_w4.copy_(d_logits.t().mm(h3))
-        d_h3 = d_logits.mm(w4).mul_(h3 > 0)
-        g_w3.copy_(d_h3.t().mm(z_lp))
-        g_b3.copy_(d_h3.sum(0))
-        d_z = d_h3.mm(w3).float()
+        d_h3 = self._weight_grads(d_logits, h3, g_w4, g_b4).mm(w4).mul_(h3 > 0)
+        d_z = self._weight_grads(d_h3, z_lp, g_w3, g_b3).mm(w3).float()
         d_e = torch.cat((d_z + mu, torch.addcmul((var - 1).mul_(0.5), d_z * eps, sigma, value=0.5)), dim=1)
-        torch.sum(d_e, 0, out=g_b2)
-        d_e = d_e.to(lp)
-        g_w2.copy_(d_e.t().mm(h1))
-        d_h1 = d_e.mm(w2).mul_(h1 > 0)
-        g_w1.copy_(d_h1.t().mm(x_lp))
-        g_b1.copy_(d_h1.sum(0))
+        d_h1 = self._weight_grads(d_e, h1, g_w2, g_b2).mm(w2).mul_(h1 > 0)
+        self._weight_grads(d_h1, x_lp, g_w1, g_b1)
         return sums
+
+    @staticmethod
+    def _weight_grads(d_out: Tensor, inp: Tensor, g_w: Tensor, g_b: Tensor) -> Tensor:
+        """For out = inp w' + b: writes d/dw = d_out' inp and d/db = sum of d_out; returns d_out in the
+        products' precision (d/dinp is that times w)."""
+        g_b.copy_(d_out.sum(0))
+        d_out = d_out.to(inp.dtype)
+        g_w.copy_(d_out.t().mm(inp))
+        return d_out
 
     def load_into(self, model: VAE) -> None:
         with torch.no_grad():
