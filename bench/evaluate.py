@@ -2,7 +2,8 @@
 
     python -m bench.evaluate --run-id RUN_ID [--nll-samples 1000] [--gradient-variance] [--repeats 100]
 
-Always: ``active_units`` (Burda et al.'s rule) and the KL per latent dimension (evaluation/kl_per_dim.*);
+Always: ``active_units`` (Burda et al.'s rule), ``eval_test_images`` (fewer than 10,000 under --limit-test,
+and then bench.report leaves this evaluation out) and the KL per latent dimension (evaluation/kl_per_dim.*);
 for 2-D latents the test set's scatter and the 20x20 learned manifold. With K > 0 importance samples,
 ``test_nll`` (the K-sample IWAE bound, bench.nll), ``test_nll_stderr`` and ``nll_samples``. With
 --gradient-variance, gradvar_* / gradsnr_* for every estimator (bench.gradvar) and evaluation/gradvar.*.
@@ -26,8 +27,9 @@ from torch import Tensor, nn
 from bench import gradvar, latents
 from bench.cli import main_guard, nonneg_int, positive_int
 from bench.data import load_mnist
+from bench.devices import resolve_device
 from bench.errors import UserError
-from bench.harness import TrainConfig, prepare_data, resolve_device
+from bench.harness import TrainConfig, prepare_test
 from bench.nll import estimate_nll
 from bench.tracker import Tracker
 from bench.tracking import MODEL_NAME, MlflowTracker, fluent_tracking_uri, open_store
@@ -42,7 +44,7 @@ def evaluate_model(model: nn.Module, test_x: Tensor, test_y: Tensor, tracker: Tr
                    progress: bool = False, log: Callable[[str], None] = print) -> dict[str, float]:
     """Compute, log to ``tracker`` (metrics at ``step``, files under evaluation/) and return the metrics."""
     model.eval()
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float] = {"eval_test_images": float(len(test_x))}  # reports skip a subset's numbers
     with tempfile.TemporaryDirectory(prefix="vae-bench-eval-") as tmp:
         folder = Path(tmp)
         mu, logvar = latents.encoder_moments(model, test_x)
@@ -54,7 +56,8 @@ def evaluate_model(model: nn.Module, test_x: Tensor, test_y: Tensor, tracker: Tr
             files.append(latents.save_manifold(model, folder / "latent_manifold.png"))
         if nll_samples > 0:
             result = estimate_nll(model, test_x, nll_samples, progress=progress)
-            metrics.update(result.metrics())
+            metrics.update(result.metrics())  # nll_samples among them: the K of each test_nll, step by step
+            tracker.log_new_params({"nll_samples": nll_samples})  # DESIGN.md's param: the K of the first one
             log(f"test NLL {result.nll:.3f} +- {result.stderr:.3f} nats ({nll_samples} importance samples, "
                 f"{len(test_x)} images)")
         if gradient_variance:
@@ -78,12 +81,12 @@ def evaluate_model(model: nn.Module, test_x: Tensor, test_y: Tensor, tracker: Tr
 
 def final_evaluation(model: nn.Module, variant: Any, cfg: TrainConfig, data: Any, tracker: Tracker,
                      nll_samples: int = 0, progress: bool | None = None) -> dict[str, float]:
-    """Called by bench.run after the last epoch, before the model is logged: active units, KL per dimension,
+    """Called by bench.run after the last epoch, once the model is logged: active units, KL per dimension,
     the 2-D pictures, and (nll_samples > 0) the test NLL, as metrics at step cfg.epochs. A run that holds out
     a validation split (tuning) never looks at the test set, so it gets nothing here."""
     if getattr(cfg, "validation", 0):
         return {}
-    _, test_x = prepare_data(data, cfg, torch.device(cfg.device))
+    test_x = prepare_test(data, cfg, torch.device(cfg.device))
     progress = sys.stderr.isatty() if progress is None else progress
     return evaluate_model(model, test_x, data.test_y.to(cfg.device), tracker, step=cfg.epochs,
                           nll_samples=nll_samples, progress=progress)
@@ -135,17 +138,18 @@ def main(argv: list[str] | None = None) -> int:
     status = run.info.status
     params = run.data.params
     device = resolve_device(args.device)
-    # limit_train=1: prepare_data binarises the training set too, which evaluation does not need
-    cfg = TrainConfig(binarize=params.get("binarize", "none"), device=device, limit_train=1)
+    cfg = TrainConfig(binarize=params.get("binarize", "none"), device=device)
     model = load_run_model(client, args.run_id).to(device)
     data = load_mnist(args.data_dir)
     if params.get("data_digest", data.digest) != data.digest:
         raise UserError(f"run {args.run_id} was trained on MNIST with digest {params['data_digest']}, but "
                         f"{data.source} has digest {data.digest}; give --data-dir the run's data")
-    _, test_x = prepare_data(data, cfg, torch.device(device))
+    test_x = prepare_test(data, cfg, torch.device(device))
     test_y = data.test_y.to(device)
     if args.limit_test:
         test_x, test_y = test_x[:args.limit_test], test_y[:args.limit_test]
+        print(f"--limit-test: {len(test_x)} of {len(data.test_x)} test images; bench.report leaves these numbers "
+              "out (eval_test_images)")
     history = client.get_metric_history(args.run_id, "train_loss")
     step = max((m.step for m in history), default=0)  # the evaluation sits at the run's last epoch
     print(f"evaluating run {args.run_id} ({run.info.run_name}, {status}) on {len(test_x)} test images, "

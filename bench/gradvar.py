@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from bench.devices import accumulation_dtype
 from variants.registry import Variant
 
 GRADVAR_SEED = 4242
@@ -50,14 +51,14 @@ class GradStats:
 
 
 class _Moments:
-    """Running sum and sum of squares of a gradient vector, in float64."""
+    """Running sum and sum of squares of a gradient vector, in float64 (float32 on mps)."""
 
     def __init__(self, n: int, device: torch.device) -> None:
-        self.s = torch.zeros(n, dtype=torch.float64, device=device)
-        self.s2 = torch.zeros(n, dtype=torch.float64, device=device)
+        self.s = torch.zeros(n, dtype=accumulation_dtype(device), device=device)
+        self.s2 = torch.zeros_like(self.s)
 
     def add(self, g: Tensor) -> None:
-        g = g.double()
+        g = g.to(self.s.dtype)
         self.s += g
         self.s2 += g * g
 

@@ -30,10 +30,11 @@ from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from bench import study as st
-from bench.cli import main_guard, nonneg_int, positive_float, positive_int
+from bench.cli import main_guard, nonneg_int, positive_float, positive_int, seed_int
 from bench.data import NAME as DATA_NAME
+from bench.devices import resolve_device
 from bench.errors import UserError
-from bench.harness import BINARIZE, PRECISIONS, TrainConfig, resolve_device
+from bench.harness import BINARIZE, PRECISIONS, TrainConfig
 from bench.interrupts import graceful_interrupts
 from bench.run import execute, run_name, run_params, run_tags
 from bench.tracking import DEFAULT_EXPERIMENT, MlflowTracker, resolve_tracking_uri
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", type=listof(variant_name, "variant names"), required=True, metavar="LIST",
                    help=f"registered variants: {', '.join(REGISTRY)}")
     p.add_argument("--latents", type=listof(positive_int, "positive integers"), default=[20], metavar="LIST")
-    p.add_argument("--seeds", type=listof(int, "integers"), default=[1], metavar="LIST")
+    p.add_argument("--seeds", type=listof(seed_int, "seeds from 0 to 2**63-1"), default=[1], metavar="LIST")
     p.add_argument("--epochs", type=listof(nonneg_int, "epoch counts"), default=[10], metavar="LIST")
     p.add_argument("--batch-size", type=listof(positive_int, "positive integers"), default=[128], metavar="LIST")
     p.add_argument("--lr", type=listof(positive_float, "positive numbers"), default=[1e-3], metavar="LIST")

@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from bench.data import MNIST
+from bench.devices import accumulation_dtype
 from bench.errors import UserError
 from bench.images import save_grid
 from bench.interrupts import critical
@@ -76,18 +77,6 @@ class TrainConfig:
         return asdict(self)
 
 
-def resolve_device(name: str) -> str:
-    """auto -> cuda, else mps, else cpu; an explicit device that is not there is a user error."""
-    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
-    if name == "auto":
-        return "cuda" if cuda else "mps" if mps else "cpu"
-    if name == "cpu" or (name.startswith("cuda") and cuda) or (name == "mps" and mps):
-        return name
-    if name.startswith("cuda") or name == "mps":
-        raise UserError(f"device {name} is not available here; use auto or cpu")
-    raise UserError(f"unknown device {name!r}; choose from auto, cpu, cuda, mps")
-
-
 def _generator(device: torch.device, *key: int) -> torch.Generator:
     gen = torch.Generator(device=device)
     gen.manual_seed(hash(key) & 0x7FFF_FFFF_FFFF_FFFF)  # tuples of ints hash the same in every process
@@ -95,8 +84,9 @@ def _generator(device: torch.device, *key: int) -> torch.Generator:
 
 
 def binarize(x: Tensor, seed: int) -> Tensor:
-    """A fixed Bernoulli draw of the pixels (static binarisation), the same for every run."""
-    return torch.bernoulli(x, generator=_generator(x.device, seed)).to(x.dtype)
+    """A fixed Bernoulli draw of the pixels (static binarisation), the same for every run on every device:
+    drawn on the CPU (CPU and CUDA generators give different numbers for one seed), then moved."""
+    return torch.bernoulli(x.cpu(), generator=_generator(torch.device("cpu"), seed)).to(x.device, x.dtype)
 
 
 @torch.inference_mode()
@@ -107,7 +97,7 @@ def evaluate_test(model: VAE, x: Tensor, batch_size: int = 2000) -> dict[str, fl
     which a Bernoulli and a Gaussian decoder compare.
     """
     gen = _generator(x.device, EVAL_SEED)
-    sums = torch.zeros(3, dtype=torch.float64, device=x.device)
+    sums = torch.zeros(3, dtype=accumulation_dtype(x.device), device=x.device)
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size]
         mu, logvar = model.encode(xb)
@@ -115,7 +105,7 @@ def evaluate_test(model: VAE, x: Tensor, batch_size: int = 2000) -> dict[str, fl
         params = model.decode(z)
         recon = -model.likelihood.log_prob(xb, params)
         mse = (xb - model.likelihood.mean(params)).pow(2).mean(-1)
-        sums += torch.stack((recon.sum(), analytic_kl(mu, logvar).sum(), mse.sum())).double()
+        sums += torch.stack((recon.sum(), analytic_kl(mu, logvar).sum(), mse.sum())).to(sums.dtype)
     recon, kld, mse = (sums / len(x)).tolist()
     return {"test_loss": recon + kld, "test_recon": recon, "test_kld": kld, "test_mse": mse}
 
@@ -160,11 +150,15 @@ def validation_data(data: MNIST, cfg: TrainConfig, device: torch.device) -> Tens
     return binarize(val_x, BINARIZE_SEED + 2) if cfg.binarize != "none" else val_x
 
 
+def prepare_test(data: MNIST, cfg: TrainConfig, device: torch.device) -> Tensor:
+    """The test images on ``device``, binarised once with a fixed seed when the run binarises."""
+    test_x = data.test_x.to(device)
+    return binarize(test_x, BINARIZE_SEED + 1) if cfg.binarize != "none" else test_x
+
+
 def prepare_data(data: MNIST, cfg: TrainConfig, device: torch.device) -> tuple[Tensor, Tensor]:
     train_x = split_validation(data, cfg)[0].to(device)
-    test_x = data.test_x.to(device)
-    if cfg.binarize != "none":
-        test_x = binarize(test_x, BINARIZE_SEED + 1)
+    test_x = prepare_test(data, cfg, device)
     if cfg.binarize == "static":
         train_x = binarize(train_x, BINARIZE_SEED)
     return train_x, test_x
@@ -251,7 +245,11 @@ def train(
             for path in save_grids(model, held_out, epoch, Path(tmp), cfg.seed):
                 tracker.log_artifact(path, "images")
             metrics["train_samples_per_second"] = n / train_seconds
-            with critical():  # checkpoint and metrics of an epoch land together or not at all
+            # Signals wait until both are written; if the store fails between them, --resume logs the metrics
+            # from the checkpoint (bench.run).
+            with critical():
+                # torch_rng, torch's global RNG: the harness's own draws come from generators keyed by (seed,
+                # epoch) and need no saved state; it is kept for anything that draws from the global one.
                 tracker.save_checkpoint({"epoch": epoch, "model": model.state_dict(),
                                          "optimizer": opt.state_dict(), "metrics": metrics,
                                          "torch_rng": torch.get_rng_state()})

@@ -12,6 +12,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from bench.devices import accumulation_dtype
 from bench.images import save_grid
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015: active if Var_x(E_q[z_j|x]) > 0.01
@@ -28,12 +29,8 @@ def encoder_moments(model: nn.Module, x: Tensor, batch_size: int = 2000) -> tupl
 
 def mean_variance(mu: Tensor) -> Tensor:
     """Var over the data of each dimension's encoder mean, Burda et al.'s activity statistic: [J]."""
-    return mu.double().var(dim=0, unbiased=False) if len(mu) > 1 else torch.zeros(mu.shape[-1], dtype=torch.float64)
-
-
-def active_units(mu: Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:
-    """How many latent dimensions have Var_x(mu_j(x)) above ``threshold``."""
-    return int((mean_variance(mu) > threshold).sum())
+    wide = accumulation_dtype(mu.device)
+    return mu.to(wide).var(dim=0, unbiased=False) if len(mu) > 1 else torch.zeros(mu.shape[-1], dtype=wide)
 
 
 def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -41,7 +38,8 @@ def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
 
     These sum to the analytic KL term of the ELBO (averaged over the data); a collapsed dimension has ~0.
     """
-    mu, logvar = mu.double(), logvar.double()
+    wide = accumulation_dtype(mu.device)
+    mu, logvar = mu.to(wide), logvar.to(wide)
     return (0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)).mean(0)
 
 

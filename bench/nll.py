@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from bench.devices import accumulation_dtype
 from variants.estimators import LOG_2PI, log_normal_std
 
 NLL_SEED = 5000  # fixed noise: the same model and data give the same test_nll
@@ -65,8 +66,8 @@ def _block(model: nn.Module, x: Tensor, mu: Tensor, logvar: Tensor, samples: int
             n = min(per_chunk, samples - k)
             eps = torch.randn((n, len(x), mu.shape[-1]), generator=gen, device=x.device, dtype=mu.dtype)
             log_w[k:k + n] = log_weights(model, x, mu, logvar, eps)
-        # log-mean-exp over the K samples, max-shifted (logsumexp), in float64
-        return torch.logsumexp(log_w.double(), dim=0) - math.log(samples)
+        # log-mean-exp over the K samples, max-shifted (logsumexp), in float64 (float32 on mps)
+        return torch.logsumexp(log_w.to(accumulation_dtype(x.device)), dim=0) - math.log(samples)
 
 
 def iwae_log_likelihood(model: nn.Module, x: Tensor, samples: int, seed: int = NLL_SEED, rows: int = ROWS,
@@ -87,7 +88,7 @@ def iwae_log_likelihood(model: nn.Module, x: Tensor, samples: int, seed: int = N
     if x.device.type != "cpu":
         workers = 1
     workers = workers or torch.get_num_threads()
-    out = torch.empty(len(x), dtype=torch.float64, device=x.device)
+    out = torch.empty(len(x), dtype=accumulation_dtype(x.device), device=x.device)
 
     def run(b: int) -> Tensor:
         i = starts[b]

@@ -11,11 +11,14 @@ import argparse
 import sys
 from typing import Any
 
+from mlflow.exceptions import MlflowException
+
 from bench.cli import main_guard, nonneg_int, positive_float, positive_int, seed_int
 from bench.data import NAME as DATA_NAME
 from bench.data import load_mnist
+from bench.devices import resolve_device
 from bench.errors import UserError
-from bench.harness import BINARIZE, PRECISIONS, NonFiniteLoss, TrainConfig, resolve_device, train
+from bench.harness import BINARIZE, PRECISIONS, NonFiniteLoss, TrainConfig, train
 from bench.interrupts import graceful_interrupts
 from bench.tracking import DEFAULT_EXPERIMENT, FAILURE_TAG, SWEEP_TAG, MlflowTracker, open_store, ui_address
 from variants.likelihoods import LIKELIHOODS
@@ -101,7 +104,8 @@ def _restore(run: Any, args: argparse.Namespace) -> tuple[Variant, TrainConfig]:
             latent=int(p["latent"]), epochs=args.epochs if args.epochs is not None else int(p["epochs"]),
             batch_size=int(p["batch_size"]), lr=float(p["lr"]), seed=int(p["seed"]),
             device=resolve_device(args.device), precision=p.get("precision", "fp32"),
-            binarize=p.get("binarize", "none"), limit_train=None if limit == "None" else int(limit))
+            binarize=p.get("binarize", "none"), limit_train=None if limit == "None" else int(limit),
+            validation=int(p.get("validation", 0)))
     except (KeyError, ValueError) as e:
         raise UserError(f"run {run.info.run_id} was not made by bench.run (param {e} missing or bad)") from None
     return variant, cfg
@@ -125,17 +129,21 @@ def main(argv: list[str] | None = None) -> int:
         tracker = MlflowTracker(client, args.resume)
         start = tracker.load_checkpoint()
         done = start["epoch"] if start else 0
+        history = client.get_metric_history(args.resume, "train_loss")
+        if start is None and history:
+            raise UserError(f"run {args.resume} has {len(history)} epochs logged but no checkpoint to resume from "
+                            "(tuning trials keep none); start a new run")
         if done >= cfg.epochs and run.info.status == "FINISHED":
             print(f"run {args.resume} has already trained {done} epochs (target {cfg.epochs}); nothing to do")
             return 0
+        if done > cfg.epochs:
+            raise UserError(f"run {args.resume} has already trained {done} epochs; give --epochs {done} or more")
+        data = load_mnist(args.data_dir)  # before the run is marked running: bad data leaves its status as it was
         if str(cfg.epochs) != run.data.params.get("epochs"):
             tracker.set_tags({"bench.epochs_target": str(cfg.epochs)})
-        if start is not None:
-            history = client.get_metric_history(args.resume, "train_loss")
-            if not any(m.step == done for m in history):  # interrupted between checkpoint and metrics
-                tracker.log_metrics(start["metrics"], step=done)
+        if start is not None and not any(m.step == done for m in history):
+            tracker.log_metrics(start["metrics"], step=done)  # interrupted between checkpoint and metrics
         tracker.mark_running()
-        data = load_mnist(args.data_dir)
         print(f"resuming run {args.resume} ({run.info.run_name}) after epoch {done}")
     else:
         variant = variant_from_args(args)
@@ -153,6 +161,20 @@ def main(argv: list[str] | None = None) -> int:
     return execute(tracker, variant, cfg, data, start, progress=progress, nll_samples=args.nll_samples)
 
 
+def first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
+
+
+def record_end(tracker: MlflowTracker, status: str, reason: str) -> None:
+    """Mark the run ended with ``reason`` in its tags, if the store still answers. When it does not, say so in
+    a line and carry on: the error that stopped the run is the one to report."""
+    try:
+        tracker.set_tags({FAILURE_TAG: reason})
+        tracker.finish(status)
+    except Exception as e:
+        print(f"{PROG}: could not mark run {tracker.run_id} {status} ({first_line(e)})", file=sys.stderr)
+
+
 def execute(tracker: MlflowTracker, variant: Variant, cfg: TrainConfig, data: Any,
             start: dict[str, Any] | None, progress: bool, nll_samples: int = 0) -> int:
     """Train under the tracker; whatever happens, the run ends recorded: FINISHED, FAILED or KILLED."""
@@ -166,18 +188,20 @@ def execute(tracker: MlflowTracker, variant: Variant, cfg: TrainConfig, data: An
             final_evaluation(result.model, variant, cfg, data, tracker, nll_samples=nll_samples, progress=progress)
             tracker.finish("FINISHED")
     except NonFiniteLoss as e:
-        tracker.set_tags({FAILURE_TAG: str(e)})
-        tracker.finish("FAILED")
+        record_end(tracker, "FAILED", str(e))
         print(f"{PROG}: run {run_id} failed: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
-        tracker.set_tags({FAILURE_TAG: f"interrupted ({e or 'SIGINT'})"})
-        tracker.finish("KILLED")
+        record_end(tracker, "KILLED", f"interrupted ({e or 'SIGINT'})")
         print(f"\n{PROG}: run {run_id} killed; resume it with --resume {run_id}", file=sys.stderr)
         return 130
+    except (MlflowException, OSError) as e:  # the tracking store or the disk gave way: the user's to mend
+        reason = f"{type(e).__name__}: {first_line(e)}"
+        record_end(tracker, "FAILED", reason)
+        raise UserError(f"run {run_id} stopped ({reason}); once that is mended, resume it with --resume {run_id}"
+                        ) from None
     except BaseException as e:
-        tracker.set_tags({FAILURE_TAG: f"{type(e).__name__}: {e}"})
-        tracker.finish("FAILED")
+        record_end(tracker, "FAILED", f"{type(e).__name__}: {e}")
         raise
     print(f"run {run_id} finished; browse it with `mlflow ui --backend-store-uri {tracker.client.tracking_uri}`"
           f" at {ui_address(tracker.client, tracker.experiment_id, run_id)}")

@@ -12,6 +12,8 @@ from torch import nn
 class Tracker(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
+    def log_new_params(self, params: dict[str, Any]) -> None: ...
+
     def log_artifact(self, path: Path, artifact_dir: str) -> None: ...
 
     def save_checkpoint(self, state: dict[str, Any]) -> None: ...
@@ -23,6 +25,9 @@ class NullTracker:
     """Tracks nothing (tests, and `--no-tracking` speed measurements)."""
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_new_params(self, params: dict[str, Any]) -> None:
         pass
 
     def log_artifact(self, path: Path, artifact_dir: str) -> None:
@@ -40,12 +45,17 @@ class MemoryTracker(NullTracker):
 
     def __init__(self) -> None:
         self.metrics: dict[int, dict[str, float]] = {}
+        self.params: dict[str, Any] = {}
         self.artifacts: list[str] = []
         self.checkpoint: dict[str, Any] | None = None
         self.model: nn.Module | None = None
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.metrics.setdefault(step, {}).update(metrics)
+
+    def log_new_params(self, params: dict[str, Any]) -> None:
+        for k, v in params.items():
+            self.params.setdefault(k, v)
 
     def log_artifact(self, path: Path, artifact_dir: str) -> None:
         self.artifacts.append(f"{artifact_dir}/{Path(path).name}")

@@ -205,6 +205,13 @@ class MlflowTracker:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
+    def log_new_params(self, params: dict[str, Any]) -> None:
+        """Log the params the run does not have yet (MLflow params cannot change once logged)."""
+        have = self.client.get_run(self.run_id).data.params
+        new = [Param(k, _param_value(v)) for k, v in params.items() if k not in have]
+        if new:
+            self.client.log_batch(self.run_id, params=new)
+
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
@@ -235,12 +242,18 @@ class MlflowTracker:
             self.client.log_artifact(self.run_id, str(path), str(Path(CHECKPOINT).parent))
 
     def load_checkpoint(self) -> dict[str, Any] | None:
-        with tempfile.TemporaryDirectory(prefix="vae-bench-ckpt-") as tmp:
-            try:
-                local = self.client.download_artifacts(self.run_id, CHECKPOINT, tmp)
-            except (MlflowException, OSError):
+        """The run's checkpoint, or None when it has none (a run stopped in its first epoch, a tuning trial).
+        One that is there but cannot be fetched or read is a UserError: resuming must not start afresh."""
+        try:
+            listed = {f.path for f in self.client.list_artifacts(self.run_id, str(Path(CHECKPOINT).parent))}
+            if CHECKPOINT not in listed:
                 return None
-            return torch.load(local, map_location="cpu", weights_only=True)
+            with tempfile.TemporaryDirectory(prefix="vae-bench-ckpt-") as tmp:
+                local = self.client.download_artifacts(self.run_id, CHECKPOINT, tmp)
+                return torch.load(local, map_location="cpu", weights_only=True)
+        except Exception as e:  # MLflow, the file system, or torch.load on a truncated or foreign file
+            reason = (str(e).splitlines() or [type(e).__name__])[0][:160]
+            raise UserError(f"the checkpoint of run {self.run_id} cannot be read ({reason})") from None
 
     def log_model(self, model: nn.Module) -> None:
         """mlflow.pytorch.log_model, pickled so that encode/decode survive (the pt2 format keeps forward

@@ -32,9 +32,10 @@ from mlflow.entities import Metric, RunTag
 from optuna.trial import TrialState
 
 from bench import study as st
-from bench.cli import main_guard, nonneg_int, positive_float, positive_int
+from bench.cli import main_guard, nonneg_int, positive_float, positive_int, seed_int
 from bench.data import NAME as DATA_NAME
-from bench.harness import BINARIZE, PRECISIONS, NonFiniteLoss, TrainConfig, resolve_device, split_validation, train
+from bench.devices import resolve_device
+from bench.harness import BINARIZE, PRECISIONS, NonFiniteLoss, TrainConfig, split_validation, train
 from bench.interrupts import graceful_interrupts
 from bench.run import run_name, run_params, run_tags
 from bench.tracking import (
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation", type=positive_int, default=10000, metavar="N",
                    help="training images held out for the objective (default 10000, the last ones)")
     p.add_argument("--limit-train", type=positive_int, metavar="N", help="train on the first N images only")
-    p.add_argument("--seed", type=int, default=1, help="training seed of every trial (default 1)")
+    p.add_argument("--seed", type=seed_int, default=1, help="training seed of every trial (default 1)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--binarize", choices=BINARIZE, default="none")

@@ -47,7 +47,7 @@ def test_bench_run_evaluates_at_the_end_of_training(trained: tuple[str, str], tm
     uri, run_id = trained
     client = MlflowClient(uri)
     m = client.get_run(run_id).data.metrics
-    assert m["nll_samples"] == 5
+    assert m["nll_samples"] == 5 and client.get_run(run_id).data.params["nll_samples"] == "5"
     assert math.isfinite(m["test_nll"]) and m["test_nll_stderr"] > 0
     assert m["test_nll"] < m["test_loss"] + 0.5  # the K-sample bound is tighter than the ELBO (same test set)
     assert m["active_units"] in (0.0, 1.0, 2.0)
@@ -71,7 +71,8 @@ def test_cli_logs_into_the_run_and_leaves_its_status(trained: tuple[str, str], s
     run = client.get_run(run_id)
     assert run.info.status == status
     m = run.data.metrics
-    assert m["nll_samples"] == 20
+    assert m["nll_samples"] == 20 and m["eval_test_images"] == 300
+    assert run.data.params["nll_samples"] == "5"  # the param is the K of the run's first test_nll (bench.run's)
     assert m["active_units"] == int(m["active_units"]) and 0 <= m["active_units"] <= 2
     # The test set is binarised as in training (the run's binarize param is dynamic): recompute independently.
     model = load_run_model(client, run_id)
@@ -117,7 +118,8 @@ def test_final_evaluation_without_nll_is_cheap_and_skips_2d_pictures(mnist) -> N
     model = VAE(latent=3, hidden=32).eval()
     tracker = MemoryTracker()
     metrics = final_evaluation(model, None, TrainConfig(latent=3, epochs=4), mnist, tracker, nll_samples=0)
-    assert set(metrics) == {"active_units"} and tracker.metrics[4] == metrics
+    assert set(metrics) == {"active_units", "eval_test_images"} and tracker.metrics[4] == metrics
+    assert metrics["eval_test_images"] == 10000
     assert set(tracker.artifacts) == KL_FILES
     held_out = TrainConfig(latent=3, epochs=4, validation=1000)  # a tuning run never looks at the test set
     assert final_evaluation(model, None, held_out, mnist, MemoryTracker(), nll_samples=10) == {}

@@ -78,6 +78,7 @@ def test_two_processes_split_a_2x2x1_grid_and_a_second_call_adds_none(tmp_path: 
     ("--latents", "2,x", "'x' in '2,x'"),
     ("--variants", "sgvb_a,nope", "'nope' in 'sgvb_a,nope': unknown variant; choose from"),
     ("--lr", "1e-3,-1", "'-1' in '1e-3,-1'"),
+    ("--seeds", "1,-1", "'-1' in '1,-1': -1 is out of range; give a seed from 0 to 2**63-1"),
     ("--storage", "grid.txt", "neither an RDB URL"),
 ])
 def test_bad_lists_are_one_line_and_exit_2(tracking_uri: str, capsys, flag: str, value: str, message: str) -> None:

@@ -9,6 +9,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -99,7 +100,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     evaluated = hasattr(evaluate, "main")
     if evaluated:  # test NLL and gradient variance in one run
         assert evaluate.main(["--run-id", runs["sgvb_b-z10-L1-s1"].info.run_id, "--tracking-uri", uri,
-                              "--nll-samples", "5", "--gradient-variance", "--repeats", "2", "--limit-test", "256",
+                              "--nll-samples", "5", "--gradient-variance", "--repeats", "2",
                               "--no-progress"]) == 0
     tune_error = None
     try:  # a small Optuna study in bench.tune's own experiment of the same store
@@ -226,3 +227,19 @@ def test_unknown_experiment_from_the_command_line(store: Store, tmp_path: Path) 
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert "no experiment named 'nope'" in proc.stderr and "broken" in proc.stderr  # names what exists
+
+
+def test_an_evaluation_of_a_test_subset_is_left_out_of_comparisons() -> None:
+    """bench.evaluate --limit-test N logs under the full set's names; only eval_test_images tells them apart."""
+    raw = pd.DataFrame({
+        "run_id": ["full", "subset", "older"], "status": ["FINISHED"] * 3, "experiment": ["vae-bench"] * 3,
+        "tags.mlflow.runName": ["sgvb_b-z2-L1-s1", "sgvb_b-z2-L1-s2", "sgvb_b-z2-L1-s3"],
+        "params.variant": ["sgvb_b"] * 3, "params.latent": ["2"] * 3, "params.seed": ["1", "2", "3"],
+        "metrics.test_loss": [140.0, 141.0, 142.0], "metrics.test_nll": [135.0, 120.0, 136.0],
+        "metrics.active_units": [2.0, 1.0, 2.0], "metrics.eval_test_images": [10000.0, 300.0, float("nan")],
+    })
+    runs = report_data.tidy(raw)[0].set_index("run_id")
+    assert runs.loc["full", "test_nll"] == 135.0 and runs.loc["full", "active_units"] == 2.0
+    assert pd.isna(runs.loc["subset", "test_nll"]) and pd.isna(runs.loc["subset", "active_units"])
+    assert runs.loc["subset", "test_loss"] == 141.0  # the harness's metrics are always on the full set
+    assert runs.loc["older", "test_nll"] == 136.0  # logged before eval_test_images existed: taken as full

@@ -202,6 +202,7 @@ def test_settings_of_a_study_must_agree(tmp_path: Path, tracking_uri: str) -> No
     ("--storage", "postgresql://u:secret@127.0.0.1:1/x", "cannot be opened"),
     ("--storage", "/no/such/folder/s.journal", "does not exist"),
     ("--validation", "60000", "validation must leave training images"),
+    ("--seed", str(2**64), "is out of range; give a seed from 0 to 2**63-1"),
     ("--study-name", "it's", "may use letters"),
     ("--storage", "<the tracking database>", "a file of its own"),
 ])

@@ -26,6 +26,7 @@ class VAE(nn.Module):
         learn_variance: bool = False,
     ) -> None:
         super().__init__()
+        # What the module is, for whoever loads it back from MLflow (nothing here reads it).
         self.config = {"latent": latent, "hidden": hidden, "decoder": decoder,
                        "gaussian_variance": gaussian_variance, "learn_variance": learn_variance}
         self.latent = latent
