@@ -145,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             tracker.log_metrics(start["metrics"], step=done)  # interrupted between checkpoint and metrics
         tracker.mark_running()
         print(f"resuming run {args.resume} ({run.info.run_name}) after epoch {done}")
+        trained_on = run.data.params.get("device", cfg.device)
+        if trained_on.split(":")[0] != cfg.device.split(":")[0]:
+            print(f"note: it trained on {trained_on} and resumes on {cfg.device}, whose random draws differ: the "
+                  f"result will not match an uninterrupted run; give --device {trained_on} to match it")
     else:
         variant = variant_from_args(args)
         cfg = TrainConfig(latent=args.latent, epochs=10 if args.epochs is None else args.epochs,
