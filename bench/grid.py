@@ -199,6 +199,22 @@ def finished_runs(client: MlflowClient, experiment_id: str, cells: list[Cell]) -
     return done
 
 
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler, for a grid whose failed combinations are queued again (enqueue_trial).
+
+    Its after_trial reads the finished trial's grid id to decide whether the grid is done, but a queued trial
+    has none (Optuna 5: KeyError 'grid_id' when one combination is left unstarted). For those, the grid is
+    done when no combination is left unvisited; GridWorker.stop_when_done and main's loop decide the rest.
+    """
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        if "grid_id" in trial.system_attrs:
+            super().after_trial(study, trial, state, values)
+        elif self.is_exhausted(study):
+            study.stop()
+
+
 def _cell_of(t: FrozenTrial) -> int | None:
     if "cell" in t.params:
         return t.params["cell"]
@@ -329,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     on_stale = st.stale_trial_callback(client)
     spec = args.storage or st.default_storage(client.tracking_uri)
     storage = st.open_storage(spec, args.heartbeat, on_stale)
-    sampler = optuna.samplers.GridSampler({"cell": list(range(len(cells)))}, seed=0)  # the same in every process
+    sampler = GridSampler({"cell": list(range(len(cells)))}, seed=0)  # the same in every process
     study, created = st.create_or_load(f"bench.grid:{sweep}:{ghash}", storage, sampler)
     st.agree_settings(study, {"kind": "grid", "sweep": sweep, "cells": len(cells), "grid": ghash}, created,
                       "use another --sweep")

@@ -91,3 +91,18 @@ def test_bad_lists_are_one_line_and_exit_2(tracking_uri: str, capsys, flag: str,
     err = capsys.readouterr().err
     assert status == 2 and "Traceback" not in err
     assert message in err.strip().splitlines()[-1]
+
+
+def test_a_retried_combination_with_one_left_unstarted_does_not_stop_the_grid() -> None:
+    """Optuna's own GridSampler raises KeyError 'grid_id' here: a queued retry ends while one combination has
+    never started (a sweep interrupted during its second run, then called again)."""
+    study = optuna.create_study(sampler=grid.GridSampler({"cell": [0, 1, 2]}, seed=0))
+    suggest = lambda t: float(t.suggest_categorical("cell", [0, 1, 2]))  # noqa: E731
+    study.optimize(suggest, n_trials=1)
+    killed = study.ask()
+    suggest(killed)
+    study.tell(killed, state=TrialState.FAIL)
+    study.enqueue_trial({"cell": killed.params["cell"]})
+    study.optimize(suggest, n_trials=2)  # the retry, then the last combination
+    done = [t.params["cell"] for t in study.trials if t.state == TrialState.COMPLETE]
+    assert sorted(done) == [0, 1, 2]
