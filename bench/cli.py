@@ -35,6 +35,13 @@ def seed_int(text: str) -> int:
     return _int_where(text, lambda v: 0 <= v < 2**63, "is out of range", "a seed from 0 to 2**63-1")
 
 
+def name_arg(text: str) -> str:
+    """A non-blank name (an MLflow experiment)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the name is empty; give a name")
+    return text
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -63,6 +70,14 @@ def main_guard(main: Callable[[list[str] | None], int], prog: str) -> Callable[[
             return main(argv)
         except UserError as e:
             print(f"{prog}: error: {e}", file=sys.stderr)
+            return 2
+        except Exception as e:
+            if not type(e).__module__.startswith("mlflow."):
+                raise
+            # MLflow refused something it was given (a name, a value) or its store failed: one line, not a
+            # traceback. The commands' own checks catch what they know of before this.
+            print(f"{prog}: error: MLflow: {(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}",
+                  file=sys.stderr)
             return 2
 
     return wrapped

@@ -40,11 +40,6 @@ class MNIST:
     source: str
     digest: str  # md5 over the four files' md5s: names this exact data
 
-    def limit_train(self, n: int | None) -> MNIST:
-        if n is None or n >= len(self.train_x):
-            return self
-        return MNIST(self.train_x[:n], self.train_y[:n], self.test_x, self.test_y, self.source, self.digest)
-
 
 def bundled_dir() -> Path:
     """data/mnist of the source tree if present, else the copy installed as package data."""

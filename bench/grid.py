@@ -30,11 +30,11 @@ from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from bench import study as st
-from bench.cli import main_guard, nonneg_int, positive_float, positive_int, seed_int
+from bench.cli import main_guard, name_arg, nonneg_int, positive_float, positive_int, seed_int
 from bench.data import NAME as DATA_NAME
 from bench.devices import resolve_device
 from bench.errors import UserError
-from bench.harness import BINARIZE, PRECISIONS, TrainConfig
+from bench.harness import BINARIZE, PRECISIONS, TrainConfig, split_validation
 from bench.interrupts import graceful_interrupts
 from bench.run import execute, run_name, run_params, run_tags
 from bench.tracking import DEFAULT_EXPERIMENT, MlflowTracker, resolve_tracking_uri
@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RDB storages: a run with no heartbeat for 2 x SEC is failed and queued again (10)")
     p.add_argument("--dry-run", action="store_true", help="list the combinations and which are done, then exit")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX files (default: bundled)")
-    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"MLflow experiment ({DEFAULT_EXPERIMENT})")
+    p.add_argument("--experiment", type=name_arg, default=DEFAULT_EXPERIMENT,
+                   help=f"MLflow experiment ({DEFAULT_EXPERIMENT})")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -330,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     st.quiet_optuna()
     client, experiment_id, data = st.open_store_and_data(args.tracking_uri, args.experiment, args.data_dir)
     cells = build_cells(args, device, data.digest)
+    for cell in cells:
+        split_validation(data, cell.cfg)  # settings the data cannot meet fail here, before any run is made
     ghash = grid_hash(cells)
     sweep = st.check_name(args.sweep or f"grid-{ghash}", "sweep id")
     done = finished_runs(client, experiment_id, cells)

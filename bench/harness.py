@@ -132,14 +132,18 @@ class TrainResult:
 
 def split_validation(data: MNIST, cfg: TrainConfig) -> tuple[Tensor, Tensor | None]:
     """The training images and the cfg.validation images held out from the end of the training set (None
-    when 0): tuning selects on these, never on the test set. limit_train applies to what remains."""
-    if cfg.validation == 0:
-        return data.limit_train(cfg.limit_train).train_x, None
+    when 0): tuning selects on these, never on the test set. limit_train applies to what remains.
+    Commands call it before they create a run: settings the data cannot meet are user errors."""
     n = len(data.train_x)
     if cfg.validation >= n:
         raise UserError(f"validation must leave training images: give fewer than {n}, got {cfg.validation}")
-    train_x = data.train_x[:n - cfg.validation]
-    return train_x[:cfg.limit_train] if cfg.limit_train else train_x, data.train_x[n - cfg.validation:]
+    left = n - cfg.validation
+    if cfg.limit_train is not None and cfg.limit_train > left:
+        raise UserError(f"limit-train {cfg.limit_train} is more than the {left} training images"
+                        + (f" left after validation {cfg.validation}" if cfg.validation else "")
+                        + f"; give at most {left}")
+    train_x = data.train_x[:left][:cfg.limit_train]
+    return train_x, (data.train_x[left:] if cfg.validation else None)
 
 
 def validation_data(data: MNIST, cfg: TrainConfig, device: torch.device) -> Tensor | None:

@@ -96,12 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder")
     figs = out / FIGURES
-    if figs.is_dir():
-        for old in figs.glob("*.png"):  # figures of an earlier report into this folder
-            old.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    text = render(data, out, date)
-    (out / "report.md").write_text(text, encoding="utf-8")
+    try:
+        if figs.is_dir():
+            for old in figs.glob("*.png"):  # figures of an earlier report into this folder
+                old.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        text = render(data, out, date)
+        (out / "report.md").write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot write the report into {out} ({e.strerror or e}); give --out a folder you can "
+                        "write to") from None
     print(f"wrote {out / 'report.md'} ({len(data.finished)} finished runs, "
           f"{len(list(figs.glob('*.png')))} figures in {figs})")
     return 0

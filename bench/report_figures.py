@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -27,6 +28,17 @@ def palette(labels: list[str]) -> dict[str, tuple[float, float, float]]:
     """One colour per variant label, the same in every figure of a report."""
     colours = sns.color_palette("colorblind" if len(labels) <= 10 else "husl", len(labels))
     return dict(zip(labels, colours, strict=True))
+
+
+def legend_text(label: str) -> str:
+    """A legend entry at most ~44 characters wide: a label that names many params wraps onto more lines."""
+    return textwrap.fill(label, 44, subsequent_indent="  ", break_on_hyphens=False)
+
+
+def legend_entries(colours: dict[str, tuple], labels: list[str]) -> tuple[list[plt.Line2D], list[str]]:
+    """Handles and wrapped texts for a figure legend of these variant labels."""
+    return ([plt.Line2D([], [], color=colours[k], marker="o", linewidth=1.5) for k in labels],
+            [legend_text(k) for k in labels])
 
 
 def plain_str(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
@@ -56,7 +68,7 @@ def trends(long: pd.DataFrame, rows: list[tuple[str, str]], colours: dict[str, t
     g = sns.relplot(
         data=df, kind="line", x="epoch", y="value", hue="label", hue_order=hue_order, palette=colours,
         row="quantity", row_order=[q for q, _ in rows], col="latent", col_order=cols,
-        errorbar="sd", marker="o", markersize=4, linewidth=1.6, height=2.5, aspect=1.35,
+        errorbar="sd", marker="o", markersize=4, linewidth=1.6, height=2.5, aspect=1.35, legend=False,
         facet_kws={"sharey": "row", "sharex": True, "margin_titles": False},
     )
     names = dict(rows)
@@ -65,9 +77,10 @@ def trends(long: pd.DataFrame, rows: list[tuple[str, str]], colours: dict[str, t
         ax.set_ylabel(f"{names[g.row_names[i]]} (nats)" if j == 0 else "")
         ax.set_xlabel("epoch" if i == len(g.row_names) - 1 else "")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    sns.move_legend(g, "center left", bbox_to_anchor=(1.0, 0.5), title="variant", frameon=False)
     g.figure.suptitle(title, fontsize=12, fontweight="bold")
-    g.figure.tight_layout()
+    g.figure.tight_layout()  # before the legend, which sits outside the panels (savefig keeps it in the picture)
+    g.figure.legend(*legend_entries(colours, hue_order), title="variant", loc="center left",
+                    bbox_to_anchor=(1.0, 0.5), frameon=False)
     _save(g.figure, path)
 
 
@@ -92,10 +105,9 @@ def finals(final: pd.DataFrame, panels: list[tuple[str, str, list[str]]], colour
         ax.set_title(ylabel.split(" (")[0])
         if ax.get_legend() is not None:
             ax.get_legend().remove()
-    handles = [plt.Line2D([], [], color=c, marker="o", linewidth=1.5) for c in colours.values()]
     fig.suptitle(title, fontsize=12, fontweight="bold")
     fig.tight_layout()
-    fig.legend(handles, list(colours), title="variant", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.legend(*legend_entries(colours, list(colours)), title="variant", loc="center left", bbox_to_anchor=(1.0, 0.5))
     _save(fig, path)
 
 

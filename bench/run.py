@@ -13,12 +13,12 @@ from typing import Any
 
 from mlflow.exceptions import MlflowException
 
-from bench.cli import main_guard, nonneg_int, positive_float, positive_int, seed_int
+from bench.cli import main_guard, name_arg, nonneg_int, positive_float, positive_int, seed_int
 from bench.data import NAME as DATA_NAME
 from bench.data import load_mnist
 from bench.devices import resolve_device
 from bench.errors import UserError
-from bench.harness import BINARIZE, PRECISIONS, NonFiniteLoss, TrainConfig, train
+from bench.harness import BINARIZE, PRECISIONS, NonFiniteLoss, TrainConfig, split_validation, train
 from bench.interrupts import graceful_interrupts
 from bench.tracking import DEFAULT_EXPERIMENT, FAILURE_TAG, SWEEP_TAG, MlflowTracker, open_store, ui_address
 from variants.likelihoods import LIKELIHOODS
@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="none: grey levels (the seed); static: one fixed draw; dynamic: a new draw per batch")
     p.add_argument("--limit-train", type=positive_int, metavar="N", help="train on the first N images only")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX files (default: bundled)")
-    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment (default vae-bench)")
+    p.add_argument("--experiment", type=name_arg, default=DEFAULT_EXPERIMENT,
+                   help="MLflow experiment (default vae-bench)")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     p.add_argument("--sweep", metavar="ID", help="tag the run as part of sweep ID (bench.sweep), for reports")
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         if done > cfg.epochs:
             raise UserError(f"run {args.resume} has already trained {done} epochs; give --epochs {done} or more")
         data = load_mnist(args.data_dir)  # before the run is marked running: bad data leaves its status as it was
+        split_validation(data, cfg)
         if str(cfg.epochs) != run.data.params.get("epochs"):
             tracker.set_tags({"bench.epochs_target": str(cfg.epochs)})
         if start is not None and not any(m.step == done for m in history):
@@ -156,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                           device=resolve_device(args.device), precision=args.precision,
                           binarize=args.binarize, limit_train=args.limit_train)
         data = load_mnist(args.data_dir)
+        split_validation(data, cfg)  # settings the data cannot meet fail here, before a run is made
         start = None
         tracker = MlflowTracker.start(
             client, args.experiment, run_name(variant, cfg), run_params(variant, cfg, data.digest),

@@ -32,7 +32,7 @@ from mlflow.entities import Metric, RunTag
 from optuna.trial import TrialState
 
 from bench import study as st
-from bench.cli import main_guard, nonneg_int, positive_float, positive_int, seed_int
+from bench.cli import main_guard, name_arg, nonneg_int, positive_float, positive_int, seed_int
 from bench.data import NAME as DATA_NAME
 from bench.devices import resolve_device
 from bench.harness import BINARIZE, PRECISIONS, NonFiniteLoss, TrainConfig, split_validation, train
@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=positive_int, default=10, metavar="SEC",
                    help="RDB storages: a trial with no heartbeat for 2 x SEC is failed and queued again (10)")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX files (default: bundled)")
-    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"MLflow experiment ({DEFAULT_EXPERIMENT})")
+    p.add_argument("--experiment", type=name_arg, default=DEFAULT_EXPERIMENT,
+                   help=f"MLflow experiment ({DEFAULT_EXPERIMENT})")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     return p

@@ -84,6 +84,7 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
     "batch_size_zero": (["--batch-size", "0"], ["--batch-size", "positive integer"]),
     "samples_zero": (["--samples", "0"], ["--samples", "positive integer"]),
     "unknown_decoder": (["--decoder", "poisson"], ["--decoder", "poisson", "bernoulli", "gaussian"]),
+    "empty_experiment": (["--experiment", " "], ["--experiment", "the name is empty"]),
     "unknown_resume_id": (["--resume", "0123456789abcdef0123456789abcdef"],
                           ["0123456789abcdef0123456789abcdef", "made by bench.run"]),
     "corrupt_data": (["--data-dir", "{corrupt}"],

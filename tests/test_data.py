@@ -11,6 +11,7 @@ import torch
 
 from bench.data import MD5, MNIST, bundled_dir, load_mnist
 from bench.errors import UserError
+from bench.harness import TrainConfig, split_validation
 
 # Published with MNIST (LeCun, Cortes, Burges), and reproduced by every loader.
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -49,10 +50,10 @@ def test_digest_names_the_data(mnist: MNIST) -> None:
 
 
 def test_limit_train_takes_the_first_images(mnist: MNIST) -> None:
-    small = mnist.limit_train(100)
-    assert torch.equal(small.train_x, mnist.train_x[:100]) and torch.equal(small.train_y, mnist.train_y[:100])
-    assert small.test_x is mnist.test_x and small.digest == mnist.digest
-    assert mnist.limit_train(None) is mnist and mnist.limit_train(10**6) is mnist
+    train_x, held_out = split_validation(mnist, TrainConfig(limit_train=100))
+    assert torch.equal(train_x, mnist.train_x[:100]) and held_out is None
+    train_x, held_out = split_validation(mnist, TrainConfig(limit_train=100, validation=500))
+    assert torch.equal(train_x, mnist.train_x[:100]) and torch.equal(held_out, mnist.train_x[-500:])
 
 
 def test_loads_from_any_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

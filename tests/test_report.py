@@ -212,6 +212,7 @@ def test_history_fetch_methods_agree(store: Store) -> None:
     (["--sweep", "no-such-sweep"], "no runs of sweep 'no-such-sweep'"),
     (["--experiment", "broken"], "has no finished runs to report (1 FAILED)"),
     (["--sweep", SWEEP, "--date", "yesterday"], "--date 'yesterday' is not a date"),
+    (["--sweep", SWEEP, "--out", "/dev/null/report"], "cannot write the report into /dev/null/report"),
 ])
 def test_bad_input_exits_2_with_one_line(store: Store, args: list[str], needle: str,
                                          capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -243,3 +244,20 @@ def test_an_evaluation_of_a_test_subset_is_left_out_of_comparisons() -> None:
     assert pd.isna(runs.loc["subset", "test_nll"]) and pd.isna(runs.loc["subset", "active_units"])
     assert runs.loc["subset", "test_loss"] == 141.0  # the harness's metrics are always on the full set
     assert runs.loc["older", "test_nll"] == 136.0  # logged before eval_test_images existed: taken as full
+
+
+def test_trend_figure_with_long_variant_labels(tmp_path: Path) -> None:
+    """Runs of one variant at many settings get labels that name them all; the legend wraps them instead of
+    leaving the panels no width (matplotlib's 'left cannot be >= right')."""
+    from bench import report_figures
+
+    report_figures.setup()
+    labels = [f"sgvb_b (binarize={b}, decoder=gaussian, epochs=2, gaussian_variance=0.01, learn_variance=False, "
+              f"limit_train=2000, precision=fp32, samples={s})" for b, s in (("none", 5), ("static", 1))]
+    long = pd.DataFrame([{"label": label, "latent": 20, "seed": 1, "epoch": e, "quantity": q, "value": v}
+                         for label in labels for e in (1, 2) for q, v in (("test_loss", 1.0 / e), ("test_kld", 0.5))])
+    path = tmp_path / "trends.png"
+    report_figures.trends(long, [("test_loss", "-ELBO"), ("test_kld", "KL")], report_figures.palette(labels), "t",
+                          path)
+    assert path.stat().st_size > 10_000
+    assert all(len(line) <= 46 for label in labels for line in report_figures.legend_text(label).splitlines())

@@ -97,3 +97,11 @@ def test_a_store_failure_mid_run_is_one_line_and_leaves_the_run_resumable(tracki
     run = client.get_run(tracker.run_id)
     assert run.info.status == "FAILED" and "MlflowException" in run.data.tags[FAILURE_TAG]
     assert MlflowTracker(client, tracker.run_id).load_checkpoint()["epoch"] == 2  # what resume starts from
+
+
+def test_limit_train_beyond_the_data_is_refused_before_a_run_is_made(tracking_uri: str,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    rc, err = bench_run([*SMALL, "--limit-train", "60001", "--tracking-uri", tracking_uri], capsys)
+    assert rc == 2 and err.endswith("limit-train 60001 is more than the 60000 training images; give at most 60000")
+    client = MlflowClient(tracking_uri)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
