@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.gradient_variance and args.repeats < 2:
         raise UserError(f"--repeats must be at least 2 to measure a variance, got {args.repeats}")
-    client = open_store(args.tracking_uri)
+    client = open_store(args.tracking_uri, existing=True)
     try:
         run = client.get_run(args.run_id)
     except Exception:

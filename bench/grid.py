@@ -7,7 +7,8 @@
 Each flag takes a comma-separated list. Every combination is one run, as ``bench.run`` makes it, tagged
 ``bench.sweep=<id>``. A combination already FINISHED in the experiment with the same settings (every variant
 axis and harness setting, ``--limit-train`` included; the device aside) is skipped, so an interrupted sweep is
-resumed by calling it again. Processes hand out combinations through an Optuna study with a GridSampler on the
+resumed by calling it again; a run made by another sweep (or by bench.run) is reused and tagged
+``bench.in_sweep.<id>``, so that ``bench.report --sweep <id>`` counts it in. Processes hand out combinations through an Optuna study with a GridSampler on the
 storage (trial n runs combination n, so no two processes start the same one); a combination whose process
 died or whose run failed is queued again by the next call.
 """
@@ -37,7 +38,7 @@ from bench.errors import UserError
 from bench.harness import BINARIZE, PRECISIONS, TrainConfig, split_validation
 from bench.interrupts import graceful_interrupts
 from bench.run import execute, run_name, run_params, run_tags
-from bench.tracking import DEFAULT_EXPERIMENT, MlflowTracker, resolve_tracking_uri
+from bench.tracking import DEFAULT_EXPERIMENT, MEMBER_TAG, MlflowTracker, resolve_tracking_uri
 from variants.likelihoods import LIKELIHOODS
 from variants.registry import REGISTRY, Variant, get_variant
 
@@ -178,6 +179,12 @@ def finished_run(client: MlflowClient, experiment_id: str, cell: Cell) -> str | 
     return None
 
 
+def adopt(client: MlflowClient, run_id: str, sweep: str) -> None:
+    """Count a FINISHED run the sweep reuses as one of its own: ``bench.report --sweep`` selects it by this tag
+    too (its bench.sweep tag keeps the sweep that made it)."""
+    client.set_tag(run_id, MEMBER_TAG.format(sweep), "true")
+
+
 def finished_runs(client: MlflowClient, experiment_id: str, cells: list[Cell]) -> dict[int, str]:
     """Cell index -> a FINISHED run with its settings, from one paged search over the experiment."""
     by_key: dict[tuple[str, str, str], list[int]] = {}
@@ -251,6 +258,7 @@ class GridWorker:
             raise optuna.TrialPruned(f"{cell.name} is run by another trial")
         existing = finished_run(self.client, self.experiment_id, cell)
         if existing is not None:
+            adopt(self.client, existing, self.sweep)
             trial.set_user_attr(st.RUN_ATTR, existing)
             trial.set_user_attr("skipped", True)
             self._count("skipped")
@@ -336,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     ghash = grid_hash(cells)
     sweep = st.check_name(args.sweep or f"grid-{ghash}", "sweep id")
     done = finished_runs(client, experiment_id, cells)
+    if not args.dry_run:
+        for run_id in done.values():
+            adopt(client, run_id, sweep)
     todo = [i for i in range(len(cells)) if i not in done]
     print(f"sweep {sweep}: {len(cells)} combinations, {len(done)} already finished, {len(todo)} to run", flush=True)
     if args.dry_run:

@@ -90,7 +90,7 @@ def render(data: ReportData, out: Path, date: str, figures: bool = True) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     date = report_date(args.date)
-    client = open_store(args.tracking_uri)
+    client = open_store(args.tracking_uri, existing=True)
     data = load(client, experiment=args.experiment, sweep=args.sweep)
     out = Path(args.out) if args.out else Path("reports") / slug(args.sweep or data.experiments[0])
     if out.exists() and not out.is_dir():

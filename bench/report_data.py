@@ -17,7 +17,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from bench.errors import UserError
-from bench.tracking import DEFAULT_EXPERIMENT, FAILURE_TAG, SWEEP_TAG, fluent_tracking_uri
+from bench.tracking import DEFAULT_EXPERIMENT, EPOCHS_TAG, FAILURE_TAG, MEMBER_TAG, SWEEP_TAG, fluent_tracking_uri
 
 PARENT_TAG = "mlflow.parentRunId"
 STUDY_TAG = "bench.study"  # bench.study: the study's name, on its parent run and on every trial's run
@@ -89,6 +89,11 @@ def search(client: MlflowClient, experiment: str | None = None, sweep: str | Non
     flt = f"tags.`{SWEEP_TAG}` = '{_quote(sweep, 'sweep')}'" if sweep else ""
     with fluent_tracking_uri(client.tracking_uri):
         df = mlflow.search_runs(experiment_ids=ids, filter_string=flt, output_format="pandas")
+        if sweep:  # and the runs the sweep reused from earlier sweeps (bench.grid tags them)
+            reused = mlflow.search_runs(experiment_ids=ids, output_format="pandas",
+                                        filter_string=f"tags.`{MEMBER_TAG.format(sweep)}` = 'true'")
+            df = pd.concat([d for d in (df, reused) if not d.empty] or [df], ignore_index=True)
+            df = df.drop_duplicates("run_id", ignore_index=True)
         known = (mlflow.search_runs(experiment_ids=ids, filter_string=f"tags.`{SWEEP_TAG}` != ''",
                                     output_format="pandas") if sweep and df.empty else None)
     if known is not None:
@@ -141,6 +146,9 @@ def tidy(raw: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
         cols[c[len("tags."):]] = raw[c].astype(object)
     for p in params:
         cols[p] = raw[f"params.{p}"].astype(object)
+    if "epochs" in cols:  # a resumed run's new target, which its params cannot take
+        target = _col(raw, f"tags.{EPOCHS_TAG}").astype(object)
+        cols["epochs"] = target.where(target.notna(), cols["epochs"])
     for m in metrics:  # a metric wins over a param of the same name (nll_samples is both)
         cols[m] = pd.to_numeric(raw[f"metrics.{m}"], errors="coerce").astype(float)
     df = pd.DataFrame(cols)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -20,7 +21,7 @@ from bench.devices import resolve_device
 from bench.errors import UserError
 from bench.harness import BINARIZE, PRECISIONS, NonFiniteLoss, TrainConfig, split_validation, train
 from bench.interrupts import graceful_interrupts
-from bench.tracking import DEFAULT_EXPERIMENT, FAILURE_TAG, SWEEP_TAG, MlflowTracker, open_store, ui_address
+from bench.tracking import DEFAULT_EXPERIMENT, EPOCHS_TAG, FAILURE_TAG, SWEEP_TAG, MlflowTracker, open_store, ui_address
 from variants.likelihoods import LIKELIHOODS
 from variants.registry import REGISTRY, Variant, get_variant
 
@@ -70,11 +71,15 @@ def run_name(variant: Variant, cfg: TrainConfig) -> str:
 
 def variant_from_args(args: argparse.Namespace) -> Variant:
     try:
-        return get_variant(args.variant).replace(
+        variant = get_variant(args.variant).replace(
             samples=args.samples, decoder=args.decoder, hidden=args.hidden,
             gaussian_variance=args.gaussian_variance, learn_variance=args.learn_variance)
     except (KeyError, ValueError) as e:
         raise UserError(str(e).strip("'\"")) from None
+    if variant.decoder != "gaussian" and (args.gaussian_variance is not None or args.learn_variance):
+        raise UserError(f"--gaussian-variance and --learn-variance set the Gaussian decoder's c, and {variant.name} "
+                        "decodes with a Bernoulli; add --decoder gaussian or pick a gaussian variant")
+    return variant
 
 
 def run_params(variant: Variant, cfg: TrainConfig, data_digest: str) -> dict[str, Any]:
@@ -112,14 +117,31 @@ def _restore(run: Any, args: argparse.Namespace) -> tuple[Variant, TrainConfig]:
     return variant, cfg
 
 
+# What a resumed run keeps from its start (its params); a resume may change only the other flags.
+FIXED_ON_RESUME = ("variant", "latent", "samples", "decoder", "hidden", "gaussian_variance", "learn_variance",
+                   "batch_size", "lr", "seed", "precision", "binarize", "limit_train", "experiment", "sweep")
+
+
+def given(parser: argparse.ArgumentParser, argv: list[str] | None, dests: Sequence[str]) -> list[str]:
+    """Which of ``dests`` the command line sets, to any value (its default included)."""
+    unset = object()
+    parser.set_defaults(**dict.fromkeys(dests, unset))
+    args = parser.parse_args(argv)
+    return [d for d in dests if getattr(args, d) is not unset]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.resume and (fixed := given(build_parser(), argv, FIXED_ON_RESUME)):
+        flags = ", ".join("--" + d.replace("_", "-") for d in fixed)
+        raise UserError(f"--resume continues run {args.resume} with the settings it started with; drop {flags} "
+                        "(a resume takes --epochs, --device, --data-dir, --tracking-uri, --nll-samples)")
     if args.list:
         width = max(map(len, REGISTRY))
         for name, v in REGISTRY.items():
             print(f"{name:<{width}}  {v.description}")
         return 0
-    client = open_store(args.tracking_uri)
+    client = open_store(args.tracking_uri, existing=bool(args.resume))
     if args.resume:
         try:
             run = client.get_run(args.resume)
@@ -142,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         data = load_mnist(args.data_dir)  # before the run is marked running: bad data leaves its status as it was
         split_validation(data, cfg)
         if str(cfg.epochs) != run.data.params.get("epochs"):
-            tracker.set_tags({"bench.epochs_target": str(cfg.epochs)})
+            tracker.set_tags({EPOCHS_TAG: str(cfg.epochs)})
         if start is not None and not any(m.step == done for m in history):
             tracker.log_metrics(start["metrics"], step=done)  # interrupted between checkpoint and metrics
         tracker.mark_running()

@@ -31,7 +31,9 @@ from bench.errors import UserError
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "vae-bench"
 SWEEP_TAG = "bench.sweep"  # runs of one grid sweep share this tag's value; reports select by it
-FAILURE_TAG = "bench.failure"  # why a run ended FAILED or KILLED
+FAILURE_TAG = "bench.failure"  # why a run ended FAILED or KILLED (cleared when it is resumed)
+MEMBER_TAG = "bench.in_sweep.{}"  # "true" on a run a sweep reused (finished earlier, in another sweep or none)
+EPOCHS_TAG = "bench.epochs_target"  # a resumed run's new --epochs (params cannot change); reports prefer it
 CHECKPOINT = "checkpoint/checkpoint.pt"
 MODEL_NAME = "model"
 UI_ADDRESS = "http://127.0.0.1:5000"
@@ -99,9 +101,10 @@ def redact(uri: str) -> str:
     return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", uri)
 
 
-def open_store(uri: str | None) -> MlflowClient:
+def open_store(uri: str | None, existing: bool = False) -> MlflowClient:
     """A client for the store, created once under a file lock (MLflow 3.17 crashes when two processes
-    migrate a new SQLite store at once). Unreachable stores are user errors."""
+    migrate a new SQLite store at once). Unreachable stores are user errors; so is a SQLite store that is not
+    there when ``existing`` (commands that only read or add to runs must not leave an empty store behind)."""
     uri = resolve_tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
@@ -112,6 +115,8 @@ def open_store(uri: str | None) -> MlflowClient:
     db = sqlite_path(uri)
     if db is not None and not db.parent.is_dir():
         raise UserError(f"folder {db.parent} for the tracking database does not exist")
+    if existing and db is not None and not db.exists():
+        raise UserError(f"there is no tracking store at {db}; give --tracking-uri the store of your runs")
     try:
         check_database(uri)
         with _lock_for(uri):
@@ -275,4 +280,7 @@ class MlflowTracker:
         self.client.set_terminated(self.run_id, status=status)
 
     def mark_running(self) -> None:
+        """Running again (a resumed run): the reason it stopped last time no longer describes it."""
+        if FAILURE_TAG in self.client.get_run(self.run_id).data.tags:
+            self.client.delete_tag(self.run_id, FAILURE_TAG)
         self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))

@@ -85,6 +85,8 @@ ERROR_CASES: dict[str, tuple[list[str], list[str]]] = {
     "samples_zero": (["--samples", "0"], ["--samples", "positive integer"]),
     "unknown_decoder": (["--decoder", "poisson"], ["--decoder", "poisson", "bernoulli", "gaussian"]),
     "empty_experiment": (["--experiment", " "], ["--experiment", "the name is empty"]),
+    "gaussian_variance_on_bernoulli": (["--gaussian-variance", "0.5"],
+                                       ["--gaussian-variance", "Bernoulli", "--decoder gaussian"]),
     "unknown_resume_id": (["--resume", "0123456789abcdef0123456789abcdef"],
                           ["0123456789abcdef0123456789abcdef", "made by bench.run"]),
     "corrupt_data": (["--data-dir", "{corrupt}"],

@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from bench import grid
+from bench import grid, report_data
 from bench.cli import main_guard
 from bench.tracking import SWEEP_TAG
 from tests.conftest import REPO
@@ -66,6 +66,8 @@ def test_two_processes_split_a_2x2x1_grid_and_a_second_call_adds_none(tmp_path: 
     assert "4 already finished, 0 to run" in capsys.readouterr().out
     assert grid.main([*args, "--sweep", "another"]) == 0  # FINISHED with the same settings, whatever the sweep
     assert len(finished_runs(uri)) == 4
+    reused, _ = report_data.search(MlflowClient(uri), sweep="another")  # and they are that sweep's runs too
+    assert sorted(reused["run_id"]) == sorted(r.info.run_id for r in runs)
     capsys.readouterr()
     # A setting that changes the result (here --limit-train) makes new combinations.
     assert grid.main([*args, "--limit-train", "100,200", "--dry-run"]) == 0

@@ -230,20 +230,23 @@ def test_unknown_experiment_from_the_command_line(store: Store, tmp_path: Path) 
     assert "no experiment named 'nope'" in proc.stderr and "broken" in proc.stderr  # names what exists
 
 
-def test_an_evaluation_of_a_test_subset_is_left_out_of_comparisons() -> None:
-    """bench.evaluate --limit-test N logs under the full set's names; only eval_test_images tells them apart."""
+def test_tidy_sets_subset_evaluations_aside_and_takes_resumed_targets() -> None:
+    """bench.evaluate --limit-test N logs under the full set's names (eval_test_images tells them apart); a resumed
+    run's new --epochs is a tag, as params cannot change."""
     raw = pd.DataFrame({
         "run_id": ["full", "subset", "older"], "status": ["FINISHED"] * 3, "experiment": ["vae-bench"] * 3,
         "tags.mlflow.runName": ["sgvb_b-z2-L1-s1", "sgvb_b-z2-L1-s2", "sgvb_b-z2-L1-s3"],
         "params.variant": ["sgvb_b"] * 3, "params.latent": ["2"] * 3, "params.seed": ["1", "2", "3"],
         "metrics.test_loss": [140.0, 141.0, 142.0], "metrics.test_nll": [135.0, 120.0, 136.0],
         "metrics.active_units": [2.0, 1.0, 2.0], "metrics.eval_test_images": [10000.0, 300.0, float("nan")],
+        "params.epochs": ["10", "10", "20"], "tags.bench.epochs_target": [None, None, "10"],  # "older" resumed to 10
     })
     runs = report_data.tidy(raw)[0].set_index("run_id")
     assert runs.loc["full", "test_nll"] == 135.0 and runs.loc["full", "active_units"] == 2.0
     assert pd.isna(runs.loc["subset", "test_nll"]) and pd.isna(runs.loc["subset", "active_units"])
     assert runs.loc["subset", "test_loss"] == 141.0  # the harness's metrics are always on the full set
     assert runs.loc["older", "test_nll"] == 136.0  # logged before eval_test_images existed: taken as full
+    assert list(runs["epochs"]) == ["10", "10", "10"]  # a resumed run's new target wins over its start's param
 
 
 def test_trend_figure_with_long_variant_labels(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from bench.errors import UserError
 from bench.harness import TrainConfig
 from bench.run import PROG, execute
 from bench.run import main as run_main
-from bench.tracking import CHECKPOINT, FAILURE_TAG, MlflowTracker
+from bench.tracking import CHECKPOINT, EPOCHS_TAG, FAILURE_TAG, MlflowTracker
 from variants import get_variant
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -105,3 +105,22 @@ def test_limit_train_beyond_the_data_is_refused_before_a_run_is_made(tracking_ur
     assert rc == 2 and err.endswith("limit-train 60001 is more than the 60000 training images; give at most 60000")
     client = MlflowClient(tracking_uri)
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+def test_resume_refuses_flags_that_would_change_the_run(tracking_uri: str, killed_run: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    rc, err = bench_run(["--resume", killed_run, "--lr", "0.1", "--variant", "sgvb_b", "--tracking-uri",
+                         tracking_uri], capsys)
+    assert rc == 2 and "drop --variant, --lr" in err
+    assert MlflowClient(tracking_uri).get_run(killed_run).info.status == "KILLED"
+
+
+def test_a_resumed_run_sheds_its_old_failure_and_records_its_new_target(tracking_uri: str, killed_run: str,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    client = MlflowClient(tracking_uri)
+    client.set_tag(killed_run, FAILURE_TAG, "interrupted (SIGINT)")
+    rc, _ = bench_run(["--resume", killed_run, "--epochs", "3", "--tracking-uri", tracking_uri], capsys)
+    run = client.get_run(killed_run)
+    assert rc == 0 and run.info.status == "FINISHED"
+    assert FAILURE_TAG not in run.data.tags and run.data.tags[EPOCHS_TAG] == "3"
+    assert [m.step for m in client.get_metric_history(killed_run, "train_loss")] == [1, 2, 3]

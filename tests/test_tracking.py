@@ -304,6 +304,17 @@ def test_open_store_refuses_what_it_cannot_use(uri: str, message: str) -> None:
         open_store(uri)
 
 
+def test_a_store_to_read_is_not_created_when_missing(tmp_path: Path) -> None:
+    """bench.report and bench.evaluate read a store (bench.run --resume adds to one): a wrong path must not leave
+    an empty mlflow.db behind, only a line saying there is no store."""
+    with pytest.raises(UserError, match=f"there is no tracking store at {tmp_path / 'mlflow.db'}"):
+        open_store(f"sqlite:///{tmp_path / 'mlflow.db'}", existing=True)
+    assert list(tmp_path.iterdir()) == []
+    open_store(f"sqlite:///{tmp_path / 'mlflow.db'}")  # a command that makes runs creates it
+    assert (tmp_path / "mlflow.db").is_file()
+    open_store(f"sqlite:///{tmp_path / 'mlflow.db'}", existing=True)
+
+
 def test_runs_started_at_once_all_log_the_same_dataset(store: MlflowClient) -> None:
     """MLflow looks for the dataset row, then inserts it: writers that meet a new experiment at the same
     moment (grid and tune workers do) must not fail on the unique (experiment, name, digest) row."""
