@@ -8,9 +8,9 @@ Each flag takes a comma-separated list. Every combination is one run, as ``bench
 ``bench.sweep=<id>``. A combination already FINISHED in the experiment with the same settings (every variant
 axis and harness setting, ``--limit-train`` included; the device aside) is skipped, so an interrupted sweep is
 resumed by calling it again; a run made by another sweep (or by bench.run) is reused and tagged
-``bench.in_sweep.<id>``, so that ``bench.report --sweep <id>`` counts it in. Processes hand out combinations through an Optuna study with a GridSampler on the
-storage (trial n runs combination n, so no two processes start the same one); a combination whose process
-died or whose run failed is queued again by the next call.
+``bench.in_sweep.<id>``, so that ``bench.report --sweep <id>`` counts it in. Processes hand out combinations
+through an Optuna study with a GridSampler on the storage (trial n runs combination n, so no two processes
+start the same one); a combination whose process died or whose run failed is queued again by the next call.
 """
 
 from __future__ import annotations

@@ -30,9 +30,6 @@ CORE_METRICS = HISTORY_METRICS  # a finished run of bench.run has all of these; 
 # Params that do not define a configuration: runs differing only in these are repeats of one another.
 NON_CONFIG_PARAMS = {"seed", "device", "data", "data_digest", "nll_samples"}
 CHUNK = 500  # run ids per bulk query
-TEST_IMAGES = 10_000  # MNIST's test set
-# bench.evaluate's numbers, which --limit-test N computes on the first N test images only (eval_test_images)
-EVALUATION_METRICS = ("test_nll", "test_nll_stderr", "active_units")
 
 
 @dataclass
@@ -152,9 +149,6 @@ def tidy(raw: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
     for m in metrics:  # a metric wins over a param of the same name (nll_samples is both)
         cols[m] = pd.to_numeric(raw[f"metrics.{m}"], errors="coerce").astype(float)
     df = pd.DataFrame(cols)
-    if "eval_test_images" in df:  # a subset's numbers are logged under the full set's names: never compare them
-        subset = df["eval_test_images"] < TEST_IMAGES
-        df.loc[subset, [m for m in EVALUATION_METRICS if m in df]] = float("nan")
     # Tuning trials and their study's parent run are reported apart. A run with a sweep tag is a run of the
     # comparison, whatever else it says (bench.grid hands combinations out as trials of an Optuna study).
     role = _col(raw, f"tags.{ROLE_TAG}").astype(object)

@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 
 if [[ -n "${QUICK:-}" ]]; then
   : "${STORE:=/tmp/vae-bench-example-quick}" "${OUT:=/tmp/vae-bench-example-quick/report}"
-  : "${EPOCHS:=1}" "${LIMIT_TRAIN:=300}" "${NLL_SAMPLES:=5}" "${REPEATS:=2}" "${LIMIT_TEST:=500}"
+  : "${EPOCHS:=1}" "${LIMIT_TRAIN:=300}" "${NLL_SAMPLES:=5}" "${REPEATS:=2}"
 fi
 STORE=${STORE:-/tmp/vae-bench-example}
 OUT=${OUT:-reports/example}
@@ -32,14 +32,12 @@ LIMIT_TRAIN=${LIMIT_TRAIN:-}
 NLL_SAMPLES=${NLL_SAMPLES:-100}
 GRADVAR_SEEDS=${GRADVAR_SEEDS-1}
 REPEATS=${REPEATS:-100}
-LIMIT_TEST=${LIMIT_TEST:-}
 SWEEP=${SWEEP:-example}
 EXPERIMENT=vae-bench
 mkdir -p "$STORE"
 URI="sqlite:///$(cd "$STORE" && pwd)/mlflow.db"
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 limit=(); [[ -n "$LIMIT_TRAIN" ]] && limit=(--limit-train "$LIMIT_TRAIN")
-limit_test=(); [[ -n "$LIMIT_TEST" ]] && limit_test=(--limit-test "$LIMIT_TEST")
 
 echo "== 1/3 training: $VARIANTS x latents $LATENTS x seeds $SEEDS, $EPOCHS epochs, into $URI"
 t0=$SECONDS
@@ -76,7 +74,7 @@ EOF
   echo "== 2/3 gradient variance of ${#ids[@]} runs (seeds $GRADVAR_SEEDS, $REPEATS repeats)"
   for id in "${ids[@]}"; do
     python -m bench.evaluate --run-id "$id" --tracking-uri "$URI" --nll-samples 0 --gradient-variance \
-      --repeats "$REPEATS" "${limit_test[@]}" --no-progress | tail -n 1
+      --repeats "$REPEATS" --no-progress | tail -n 1
   done
 else
   echo "== 2/3 gradient variance: skipped"

@@ -65,21 +65,21 @@ def test_cli_logs_into_the_run_and_leaves_its_status(trained: tuple[str, str], s
     client = MlflowClient(uri)
     client.set_terminated(run_id, status)
     gradvar = status == "FINISHED"  # the gradient-variance part once is enough
-    argv = ["--run-id", run_id, "--tracking-uri", uri, "--nll-samples", "20", "--limit-test", "300",
+    argv = ["--run-id", run_id, "--tracking-uri", uri, "--nll-samples", "20",
             "--device", "cpu", "--no-progress"] + (["--gradient-variance", "--repeats", "5"] if gradvar else [])
     assert evaluate_main(argv) == 0
     run = client.get_run(run_id)
     assert run.info.status == status
     m = run.data.metrics
-    assert m["nll_samples"] == 20 and m["eval_test_images"] == 300
+    assert m["nll_samples"] == 20
     assert run.data.params["nll_samples"] == "5"  # the param is the K of the run's first test_nll (bench.run's)
     assert m["active_units"] == int(m["active_units"]) and 0 <= m["active_units"] <= 2
     # The test set is binarised as in training (the run's binarize param is dynamic): recompute independently.
     model = load_run_model(client, run_id)
-    test_x = binarize(mnist.test_x, BINARIZE_SEED + 1)[:300]
+    test_x = binarize(mnist.test_x, BINARIZE_SEED + 1)
     assert m["test_nll"] == pytest.approx(estimate_nll(model, test_x, 20).nll, abs=1e-4)
     # (Grey levels give the same value in expectation under a Bernoulli decoder, but not the same numbers.)
-    assert m["test_nll"] != pytest.approx(estimate_nll(model, mnist.test_x[:300], 20).nll, abs=1e-3)
+    assert m["test_nll"] != pytest.approx(estimate_nll(model, mnist.test_x, 20).nll, abs=1e-3)
     files = _artifacts(client, run_id)
     assert files >= KL_FILES | PICTURES
     if gradvar:
@@ -95,6 +95,20 @@ def _one_line_error(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
+
+
+def test_limit_test_is_a_check_that_logs_nothing(trained: tuple[str, str],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A subset's test_nll would sit under the full test set's name in the run and in reports: it is printed only."""
+    uri, run_id = trained
+    client = MlflowClient(uri)
+    before = client.get_run(run_id).data.metrics
+    argv = ["--run-id", run_id, "--tracking-uri", uri, "--nll-samples", "7", "--limit-test", "200", "--device", "cpu",
+            "--no-progress"]
+    assert evaluate_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "a check on 200 of 10000 test images, printed and not logged" in out and "test NLL" in out
+    assert client.get_run(run_id).data.metrics == before
 
 
 def test_cli_refuses_an_unknown_run_id(tracking_uri: str) -> None:
@@ -118,8 +132,7 @@ def test_final_evaluation_without_nll_is_cheap_and_skips_2d_pictures(mnist) -> N
     model = VAE(latent=3, hidden=32).eval()
     tracker = MemoryTracker()
     metrics = final_evaluation(model, None, TrainConfig(latent=3, epochs=4), mnist, tracker, nll_samples=0)
-    assert set(metrics) == {"active_units", "eval_test_images"} and tracker.metrics[4] == metrics
-    assert metrics["eval_test_images"] == 10000
+    assert set(metrics) == {"active_units"} and tracker.metrics[4] == metrics
     assert set(tracker.artifacts) == KL_FILES
     held_out = TrainConfig(latent=3, epochs=4, validation=1000)  # a tuning run never looks at the test set
     assert final_evaluation(model, None, held_out, mnist, MemoryTracker(), nll_samples=10) == {}

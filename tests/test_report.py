@@ -230,37 +230,15 @@ def test_unknown_experiment_from_the_command_line(store: Store, tmp_path: Path) 
     assert "no experiment named 'nope'" in proc.stderr and "broken" in proc.stderr  # names what exists
 
 
-def test_tidy_sets_subset_evaluations_aside_and_takes_resumed_targets() -> None:
-    """bench.evaluate --limit-test N logs under the full set's names (eval_test_images tells them apart); a resumed
-    run's new --epochs is a tag, as params cannot change."""
+def test_a_resumed_runs_new_target_wins_over_its_epochs_param() -> None:
+    """A resumed run's new --epochs is a tag (params cannot change); the report takes it as the run's target."""
     raw = pd.DataFrame({
-        "run_id": ["full", "subset", "older"], "status": ["FINISHED"] * 3, "experiment": ["vae-bench"] * 3,
-        "tags.mlflow.runName": ["sgvb_b-z2-L1-s1", "sgvb_b-z2-L1-s2", "sgvb_b-z2-L1-s3"],
-        "params.variant": ["sgvb_b"] * 3, "params.latent": ["2"] * 3, "params.seed": ["1", "2", "3"],
-        "metrics.test_loss": [140.0, 141.0, 142.0], "metrics.test_nll": [135.0, 120.0, 136.0],
-        "metrics.active_units": [2.0, 1.0, 2.0], "metrics.eval_test_images": [10000.0, 300.0, float("nan")],
-        "params.epochs": ["10", "10", "20"], "tags.bench.epochs_target": [None, None, "10"],  # "older" resumed to 10
+        "run_id": ["a", "b"], "status": ["FINISHED"] * 2, "experiment": ["vae-bench"] * 2,
+        "tags.mlflow.runName": ["sgvb_b-z2-L1-s1", "sgvb_b-z2-L1-s2"],
+        "params.variant": ["sgvb_b"] * 2, "params.latent": ["2"] * 2, "params.seed": ["1", "2"],
+        "params.epochs": ["10", "20"], "tags.bench.epochs_target": [None, "10"],  # b started for 20, resumed to 10
+        "metrics.test_loss": [140.0, 141.0],
     })
     runs = report_data.tidy(raw)[0].set_index("run_id")
-    assert runs.loc["full", "test_nll"] == 135.0 and runs.loc["full", "active_units"] == 2.0
-    assert pd.isna(runs.loc["subset", "test_nll"]) and pd.isna(runs.loc["subset", "active_units"])
-    assert runs.loc["subset", "test_loss"] == 141.0  # the harness's metrics are always on the full set
-    assert runs.loc["older", "test_nll"] == 136.0  # logged before eval_test_images existed: taken as full
-    assert list(runs["epochs"]) == ["10", "10", "10"]  # a resumed run's new target wins over its start's param
-
-
-def test_trend_figure_with_long_variant_labels(tmp_path: Path) -> None:
-    """Runs of one variant at many settings get labels that name them all; the legend wraps them instead of
-    leaving the panels no width (matplotlib's 'left cannot be >= right')."""
-    from bench import report_figures
-
-    report_figures.setup()
-    labels = [f"sgvb_b (binarize={b}, decoder=gaussian, epochs=2, gaussian_variance=0.01, learn_variance=False, "
-              f"limit_train=2000, precision=fp32, samples={s})" for b, s in (("none", 5), ("static", 1))]
-    long = pd.DataFrame([{"label": label, "latent": 20, "seed": 1, "epoch": e, "quantity": q, "value": v}
-                         for label in labels for e in (1, 2) for q, v in (("test_loss", 1.0 / e), ("test_kld", 0.5))])
-    path = tmp_path / "trends.png"
-    report_figures.trends(long, [("test_loss", "-ELBO"), ("test_kld", "KL")], report_figures.palette(labels), "t",
-                          path)
-    assert path.stat().st_size > 10_000
-    assert all(len(line) <= 46 for label in labels for line in report_figures.legend_text(label).splitlines())
+    assert list(runs.loc[["a", "b"], "epochs"]) == ["10", "10"]
+    assert runs.loc["a", "label"] == runs.loc["b", "label"] == "sgvb_b"  # one configuration, averaged together
