@@ -132,10 +132,7 @@ def given(parser: argparse.ArgumentParser, argv: list[str] | None, dests: Sequen
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.resume and (fixed := given(build_parser(), argv, FIXED_ON_RESUME)):
-        flags = ", ".join("--" + d.replace("_", "-") for d in fixed)
-        raise UserError(f"--resume continues run {args.resume} with the settings it started with; drop {flags} "
-                        "(a resume takes --epochs, --device, --data-dir, --tracking-uri, --nll-samples)")
+
     if args.list:
         width = max(map(len, REGISTRY))
         for name, v in REGISTRY.items():
@@ -148,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:
             raise UserError(f"no run with id {args.resume!r} in {client.tracking_uri}; "
                             "give the id of a run made by bench.run") from None
+        if fixed := given(build_parser(), argv, FIXED_ON_RESUME):
+            flags = ", ".join("--" + d.replace("_", "-") for d in fixed)
+            raise UserError(f"--resume continues run {args.resume} with the settings it started with; drop {flags} "
+                            "(a resume takes --epochs, --device, --data-dir, --tracking-uri, --nll-samples)")
         variant, cfg = _restore(run, args)
         tracker = MlflowTracker(client, args.resume)
         start = tracker.load_checkpoint()
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"run {args.resume} has already trained {done} epochs; give --epochs {done} or more")
         data = load_mnist(args.data_dir)  # before the run is marked running: bad data leaves its status as it was
         split_validation(data, cfg)
-        if str(cfg.epochs) != run.data.params.get("epochs"):
+        if str(cfg.epochs) != run.data.params.get("epochs") or EPOCHS_TAG in run.data.tags:
             tracker.set_tags({EPOCHS_TAG: str(cfg.epochs)})
         if start is not None and not any(m.step == done for m in history):
             tracker.log_metrics(start["metrics"], step=done)  # interrupted between checkpoint and metrics

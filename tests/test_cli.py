@@ -109,6 +109,7 @@ class Interrupted:
     seconds: float  # from the signal to the process's exit
     uri: str
     status: str  # the run's status right after the interruption
+    failure: str | None  # and its bench.failure tag then (a resume clears it)
     resumed: subprocess.CompletedProcess[str] | None = None
 
 
@@ -137,7 +138,7 @@ def interrupted_run(folder: Path, sig: int, resume: bool, extra: list[str]) -> I
                 victim.kill()
         err.seek(0)
         run = only_run(uri)
-        result = Interrupted(rc, err.read(), seconds, uri, run.info.status)
+        result = Interrupted(rc, err.read(), seconds, uri, run.info.status, run.data.tags.get(FAILURE_TAG))
     if resume:
         result.resumed = timed_cli(["--resume", run.info.run_id, "--tracking-uri", uri,
                                     "--device", "cpu", "--no-progress"], folder).proc
@@ -306,7 +307,7 @@ def assert_killed_with_checkpoint(result: Interrupted, signal_name: str) -> None
     run = only_run(result.uri)
     run_id: str = run.info.run_id
     assert result.status == "KILLED"
-    assert signal_name in run.data.tags[FAILURE_TAG]
+    assert result.failure is not None and signal_name in result.failure
     assert CHECKPOINT in [f.path for f in client.list_artifacts(run_id, "checkpoint")]
     assert 1 in final_metric(client, run_id, "test_loss")  # epoch 1 was logged before the signal
 

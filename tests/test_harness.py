@@ -163,7 +163,7 @@ def test_nan_in_the_data_raises_non_finite_loss(mnist: MNIST) -> None:
     train_x[100, 300] = float("nan")
     poisoned = MNIST(train_x, mnist.train_y[:256], mnist.test_x, mnist.test_y, "poisoned", "nan")
     with pytest.raises(NonFiniteLoss, match="nan"):
-        run(data=poisoned, epochs=1, tracker=NullTracker())
+        run(data=poisoned, epochs=1, limit_train=None, tracker=NullTracker())
 
 
 def test_nan_is_caught_before_the_end_of_a_long_epoch(mnist: MNIST) -> None:
