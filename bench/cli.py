@@ -9,7 +9,7 @@ import sys
 import warnings
 from collections.abc import Callable
 
-from bench.errors import UserError
+from bench.errors import UserError, first_line
 
 
 def _int_where(text: str, ok: Callable[[int], bool], wrong: str, accepted: str) -> int:
@@ -76,8 +76,7 @@ def main_guard(main: Callable[[list[str] | None], int], prog: str) -> Callable[[
                 raise
             # MLflow refused something it was given (a name, a value) or its store failed: one line, not a
             # traceback. The commands' own checks catch what they know of before this.
-            print(f"{prog}: error: MLflow: {(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}",
-                  file=sys.stderr)
+            print(f"{prog}: error: MLflow: {first_line(e, 300)}", file=sys.stderr)
             return 2
 
     return wrapped

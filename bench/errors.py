@@ -3,3 +3,9 @@
 
 class UserError(Exception):
     """Bad input from the user (arguments, data, a tracking server): report it, no traceback."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (or its type's name), cut to ``limit`` characters: what a one-line
+    error quotes of a library's multi-line message."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]

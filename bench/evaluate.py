@@ -27,7 +27,7 @@ from bench import gradvar, latents
 from bench.cli import main_guard, nonneg_int, positive_int
 from bench.data import load_mnist
 from bench.devices import resolve_device
-from bench.errors import UserError
+from bench.errors import UserError, first_line
 from bench.harness import TrainConfig, prepare_test
 from bench.nll import estimate_nll
 from bench.tracker import NullTracker, Tracker
@@ -122,7 +122,7 @@ def load_run_model(client: Any, run_id: str) -> nn.Module:
         with fluent_tracking_uri(client.tracking_uri):
             return mlflow.pytorch.load_model(f"runs:/{run_id}/{MODEL_NAME}", map_location="cpu")
     except (MlflowException, OSError) as e:
-        raise UserError(f"run {run_id} has no logged model ({str(e).splitlines()[0][:120]}); "
+        raise UserError(f"run {run_id} has no logged model ({first_line(e, 120)}); "
                         "evaluate a run that finished training") from None
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,15 +10,17 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from bench.cli import main_guard, name_arg, nonneg_int, positive_float, positive_int, seed_int
 from bench.data import NAME as DATA_NAME
 from bench.data import load_mnist
 from bench.devices import resolve_device
-from bench.errors import UserError
+from bench.errors import UserError, first_line
 from bench.harness import BINARIZE, PRECISIONS, NonFiniteLoss, TrainConfig, split_validation, train
 from bench.interrupts import graceful_interrupts
 from bench.tracking import DEFAULT_EXPERIMENT, EPOCHS_TAG, FAILURE_TAG, SWEEP_TAG, MlflowTracker, open_store, ui_address
@@ -130,69 +132,85 @@ def given(parser: argparse.ArgumentParser, argv: list[str] | None, dests: Sequen
     return [d for d in dests if getattr(args, d) is not unset]
 
 
+@dataclass
+class Job:
+    """What execute() is given: the run's tracker, its variant and settings, the data, the checkpoint to go on from."""
+
+    tracker: MlflowTracker
+    variant: Variant
+    cfg: TrainConfig
+    data: Any
+    start: dict[str, Any] | None = None
+
+
+def new_run(client: MlflowClient, args: argparse.Namespace) -> Job:
+    variant = variant_from_args(args)
+    cfg = TrainConfig(latent=args.latent, epochs=10 if args.epochs is None else args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      device=resolve_device(args.device), precision=args.precision,
+                      binarize=args.binarize, limit_train=args.limit_train)
+    data = load_mnist(args.data_dir)
+    split_validation(data, cfg)  # settings the data cannot meet fail here, before a run is made
+    tracker = MlflowTracker.start(client, args.experiment, run_name(variant, cfg),
+                                  run_params(variant, cfg, data.digest), tags=run_tags(variant, args.sweep))
+    tracker.log_dataset(DATA_NAME, data.digest, data.source, "train", data.test_x[:1].numpy())
+    return Job(tracker, variant, cfg, data)
+
+
+def resumed_run(client: MlflowClient, args: argparse.Namespace, argv: list[str] | None) -> Job | None:
+    """The run of --resume, ready to go on from its checkpoint (None: it has nothing left to do). Every check
+    comes before the run is touched: a refused resume leaves it as it was."""
+    try:
+        run = client.get_run(args.resume)
+    except Exception:
+        raise UserError(f"no run with id {args.resume!r} in {client.tracking_uri}; "
+                        "give the id of a run made by bench.run") from None
+    if fixed := given(build_parser(), argv, FIXED_ON_RESUME):
+        flags = ", ".join("--" + d.replace("_", "-") for d in fixed)
+        raise UserError(f"--resume continues run {args.resume} with the settings it started with; drop {flags} "
+                        "(a resume takes --epochs, --device, --data-dir, --tracking-uri, --nll-samples)")
+    variant, cfg = _restore(run, args)
+    tracker = MlflowTracker(client, args.resume)
+    start = tracker.load_checkpoint()
+    done = start["epoch"] if start else 0
+    history = client.get_metric_history(args.resume, "train_loss")
+    if start is None and history:
+        raise UserError(f"run {args.resume} has {len(history)} epochs logged but no checkpoint to resume from "
+                        "(tuning trials keep none); start a new run")
+    if done >= cfg.epochs and run.info.status == "FINISHED":
+        print(f"run {args.resume} has already trained {done} epochs (target {cfg.epochs}); nothing to do")
+        return None
+    if done > cfg.epochs:
+        raise UserError(f"run {args.resume} has already trained {done} epochs; give --epochs {done} or more")
+    data = load_mnist(args.data_dir)
+    split_validation(data, cfg)
+    if str(cfg.epochs) != run.data.params.get("epochs") or EPOCHS_TAG in run.data.tags:
+        tracker.set_tags({EPOCHS_TAG: str(cfg.epochs)})
+    if start is not None and not any(m.step == done for m in history):
+        tracker.log_metrics(start["metrics"], step=done)  # interrupted between checkpoint and metrics
+    tracker.mark_running()
+    print(f"resuming run {args.resume} ({run.info.run_name}) after epoch {done}")
+    trained_on = run.data.params.get("device", cfg.device)
+    if trained_on.split(":")[0] != cfg.device.split(":")[0]:
+        print(f"note: it trained on {trained_on} and resumes on {cfg.device}, whose random draws differ: the "
+              f"result will not match an uninterrupted run; give --device {trained_on} to match it")
+    return Job(tracker, variant, cfg, data, start)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-
     if args.list:
         width = max(map(len, REGISTRY))
         for name, v in REGISTRY.items():
             print(f"{name:<{width}}  {v.description}")
         return 0
     client = open_store(args.tracking_uri, existing=bool(args.resume))
-    if args.resume:
-        try:
-            run = client.get_run(args.resume)
-        except Exception:
-            raise UserError(f"no run with id {args.resume!r} in {client.tracking_uri}; "
-                            "give the id of a run made by bench.run") from None
-        if fixed := given(build_parser(), argv, FIXED_ON_RESUME):
-            flags = ", ".join("--" + d.replace("_", "-") for d in fixed)
-            raise UserError(f"--resume continues run {args.resume} with the settings it started with; drop {flags} "
-                            "(a resume takes --epochs, --device, --data-dir, --tracking-uri, --nll-samples)")
-        variant, cfg = _restore(run, args)
-        tracker = MlflowTracker(client, args.resume)
-        start = tracker.load_checkpoint()
-        done = start["epoch"] if start else 0
-        history = client.get_metric_history(args.resume, "train_loss")
-        if start is None and history:
-            raise UserError(f"run {args.resume} has {len(history)} epochs logged but no checkpoint to resume from "
-                            "(tuning trials keep none); start a new run")
-        if done >= cfg.epochs and run.info.status == "FINISHED":
-            print(f"run {args.resume} has already trained {done} epochs (target {cfg.epochs}); nothing to do")
-            return 0
-        if done > cfg.epochs:
-            raise UserError(f"run {args.resume} has already trained {done} epochs; give --epochs {done} or more")
-        data = load_mnist(args.data_dir)  # before the run is marked running: bad data leaves its status as it was
-        split_validation(data, cfg)
-        if str(cfg.epochs) != run.data.params.get("epochs") or EPOCHS_TAG in run.data.tags:
-            tracker.set_tags({EPOCHS_TAG: str(cfg.epochs)})
-        if start is not None and not any(m.step == done for m in history):
-            tracker.log_metrics(start["metrics"], step=done)  # interrupted between checkpoint and metrics
-        tracker.mark_running()
-        print(f"resuming run {args.resume} ({run.info.run_name}) after epoch {done}")
-        trained_on = run.data.params.get("device", cfg.device)
-        if trained_on.split(":")[0] != cfg.device.split(":")[0]:
-            print(f"note: it trained on {trained_on} and resumes on {cfg.device}, whose random draws differ: the "
-                  f"result will not match an uninterrupted run; give --device {trained_on} to match it")
-    else:
-        variant = variant_from_args(args)
-        cfg = TrainConfig(latent=args.latent, epochs=10 if args.epochs is None else args.epochs,
-                          batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                          device=resolve_device(args.device), precision=args.precision,
-                          binarize=args.binarize, limit_train=args.limit_train)
-        data = load_mnist(args.data_dir)
-        split_validation(data, cfg)  # settings the data cannot meet fail here, before a run is made
-        start = None
-        tracker = MlflowTracker.start(
-            client, args.experiment, run_name(variant, cfg), run_params(variant, cfg, data.digest),
-            tags=run_tags(variant, args.sweep))
-        tracker.log_dataset(DATA_NAME, data.digest, data.source, "train", data.test_x[:1].numpy())
+    job = resumed_run(client, args, argv) if args.resume else new_run(client, args)
+    if job is None:
+        return 0
     progress = not args.no_progress and sys.stderr.isatty()
-    return execute(tracker, variant, cfg, data, start, progress=progress, nll_samples=args.nll_samples)
-
-
-def first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:200]
+    return execute(job.tracker, job.variant, job.cfg, job.data, job.start, progress=progress,
+                   nll_samples=args.nll_samples)
 
 
 def record_end(tracker: MlflowTracker, status: str, reason: str) -> None:

@@ -26,7 +26,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from torch import nn
 
-from bench.errors import UserError
+from bench.errors import UserError, first_line
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "vae-bench"
@@ -123,7 +123,7 @@ def open_store(uri: str | None, existing: bool = False) -> MlflowClient:
             client = MlflowClient(uri)
             client.search_experiments(max_results=1)  # creates and migrates the schema
     except MlflowException as e:
-        raise UserError(f"tracking store {redact(uri)} cannot be opened: {str(e).splitlines()[0]}") from None
+        raise UserError(f"tracking store {redact(uri)} cannot be opened: {first_line(e)}") from None
     except ModuleNotFoundError as e:  # e.g. postgresql:// wants psycopg 3; postgresql+psycopg2:// wants psycopg2
         raise UserError(f"tracking store {redact(uri)} needs the Python module {e.name!r}; install it, or name the "
                         "driver in the URI (postgresql+psycopg2://...)") from None
@@ -257,8 +257,7 @@ class MlflowTracker:
                 local = self.client.download_artifacts(self.run_id, CHECKPOINT, tmp)
                 return torch.load(local, map_location="cpu", weights_only=True)
         except Exception as e:  # MLflow, the file system, or torch.load on a truncated or foreign file
-            reason = (str(e).splitlines() or [type(e).__name__])[0][:160]
-            raise UserError(f"the checkpoint of run {self.run_id} cannot be read ({reason})") from None
+            raise UserError(f"the checkpoint of run {self.run_id} cannot be read ({first_line(e)})") from None
 
     def log_model(self, model: nn.Module) -> None:
         """mlflow.pytorch.log_model, pickled so that encode/decode survive (the pt2 format keeps forward
