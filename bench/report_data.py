@@ -89,8 +89,9 @@ def search(client: MlflowClient, experiment: str | None = None, sweep: str | Non
         if sweep:  # and the runs the sweep reused from earlier sweeps (bench.grid tags them)
             reused = mlflow.search_runs(experiment_ids=ids, output_format="pandas",
                                         filter_string=f"tags.`{MEMBER_TAG.format(sweep)}` = 'true'")
-            df = pd.concat([d for d in (df, reused) if not d.empty] or [df], ignore_index=True)
-            df = df.drop_duplicates("run_id", ignore_index=True)
+            if not reused.empty:
+                df = reused if df.empty else pd.concat([df, reused], ignore_index=True)
+                df = df.drop_duplicates("run_id", ignore_index=True)
         known = (mlflow.search_runs(experiment_ids=ids, filter_string=f"tags.`{SWEEP_TAG}` != ''",
                                     output_format="pandas") if sweep and df.empty else None)
     if known is not None:
