@@ -7,9 +7,13 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from bench.errors import UserError, first_line
+from variants.registry import REGISTRY
+
+T = TypeVar("T")
 
 
 def _int_where(text: str, ok: Callable[[int], bool], wrong: str, accepted: str) -> int:
@@ -50,6 +54,41 @@ def positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text} is not a positive finite number")
     return value
+
+
+def listof(kind: Callable[[str], T], what: str) -> Callable[[str], list[T]]:
+    """An argparse type: a comma-separated list of ``kind`` values, duplicates dropped."""
+
+    def parse(text: str) -> list[T]:
+        items = [s.strip() for s in text.split(",")]
+        if any(not s for s in items):
+            raise argparse.ArgumentTypeError(f"{text!r} has an empty item; give {what} separated by commas")
+        values: list[T] = []
+        for s in items:
+            try:
+                value = kind(s)
+            except (argparse.ArgumentTypeError, ValueError) as e:
+                raise argparse.ArgumentTypeError(f"{s!r} in {text!r}: {e}; give {what} separated by commas") from None
+            if value not in values:
+                values.append(value)
+        return values
+
+    return parse
+
+
+def variant_name(text: str) -> str:
+    if text not in REGISTRY:
+        raise argparse.ArgumentTypeError(f"unknown variant; choose from {', '.join(REGISTRY)}")
+    return text
+
+
+def one_of(choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)}")
+        return text
+
+    return parse
 
 
 def quiet_libraries() -> None:

@@ -1,8 +1,12 @@
-"""User errors: the command line turns these into one line on stderr and exit status 2."""
+"""The errors every layer may raise: a UserError becomes one line on stderr and exit status 2."""
 
 
 class UserError(Exception):
     """Bad input from the user (arguments, data, a tracking server): report it, no traceback."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite: the run ends FAILED with this as its reason."""
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:

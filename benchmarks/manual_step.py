@@ -14,8 +14,8 @@ rounding; bf16: against autocast, to bf16 rounding). Then, in interleaved rounds
 times one epoch of:
 - the GEMM floor (benchmarks/speed.py) in fp32 and bf16;
 - the hand-written step, fp32 and bf16 (products in bf16, the loss and Adam in fp32, as autocast does),
-  followed by the harness's own test pass (bench.harness.evaluate_test, as every contender runs one);
-- the harness, untracked (bench.harness.train: training, test pass, image grids).
+  followed by the harness's own test pass (bench.evaluation.test_elbo.evaluate_test, as every contender runs one);
+- the harness, untracked (bench.training.loop.train: training, test pass, image grids).
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ from tabulate import tabulate
 from torch import Tensor, nn
 
 from bench.cli import quiet_libraries
-from bench.data import load_mnist
-from bench.harness import TrainConfig, build, evaluate_test, train
-from bench.tracker import NullTracker
+from bench.core.config import TrainConfig
+from bench.core.data import load_mnist
+from bench.evaluation.test_elbo import evaluate_test
+from bench.tracking.tracker import NullTracker
+from bench.training.loop import build, train
 from variants import get_variant
 from variants.likelihoods import _bernoulli_log_prob_value
 from variants.model import VAE

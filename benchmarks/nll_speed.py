@@ -20,9 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 
-from bench.data import load_mnist
-from bench.harness import BINARIZE_SEED, binarize
-from bench.nll import ROWS, estimate_nll
+from bench.core.data import load_mnist
+from bench.core.splits import BINARIZE_SEED, binarize
+from bench.evaluation.nll import ROWS, estimate_nll
 from variants.model import VAE
 
 FULL = 10_000

@@ -46,10 +46,13 @@ from tabulate import tabulate
 from torch import nn
 
 from bench.cli import quiet_libraries
-from bench.data import MD5, bundled_dir, load_mnist
-from bench.harness import TrainConfig, build, evaluate_test, train
-from bench.tracker import NullTracker
-from bench.tracking import MlflowTracker, open_store
+from bench.core.config import TrainConfig
+from bench.core.data import MD5, bundled_dir, load_mnist
+from bench.evaluation.test_elbo import evaluate_test
+from bench.tracking.mlflow_tracker import MlflowTracker
+from bench.tracking.store import open_store
+from bench.tracking.tracker import NullTracker
+from bench.training.loop import build, train
 from variants import get_variant
 
 BATCH, HIDDEN, LATENT, N_TRAIN = 128, 400, 20, 60000
@@ -164,7 +167,7 @@ def adam_floor_contender() -> Callable[[], float]:
 
 
 def test_pass_contender() -> Callable[[], float]:
-    """The harness's per-epoch test pass alone (bench.harness.evaluate_test on the 10,000 test images, fp32)."""
+    """The harness's per-epoch test pass alone (bench.evaluation.test_elbo.evaluate_test, 10,000 test images, fp32)."""
     model, _ = build(get_variant("sgvb_b"), TrainConfig())
     test_x = load_mnist().test_x
 
@@ -226,7 +229,7 @@ def pythae_contender(out: Path) -> Callable[[], float] | None:
 
 
 def harness_contender(precision: str, tracked: bool, store: Path) -> Callable[[], float]:
-    """One epoch of bench.harness.train per call (a fresh run each time), all in: the test pass, the
+    """One epoch of bench.training.loop.train per call (a fresh run each time), all in: the test pass, the
     image grids and, when tracked, the checkpoint, images and metrics logged to MLflow."""
     data = load_mnist()
     variant = get_variant("sgvb_b")

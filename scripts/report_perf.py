@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
 from bench.cli import quiet_libraries  # noqa: E402
-from bench.tracking import SWEEP_TAG, get_or_create_experiment, open_store  # noqa: E402
+from bench.tracking.names import SWEEP_TAG
+from bench.tracking.store import get_or_create_experiment, open_store  # noqa: E402
 
 VARIANTS = [("sgvb_a", "sgvb_a", 1, "bernoulli"), ("sgvb_b", "sgvb_b", 1, "bernoulli"),
             ("sgvb_b_l5", "sgvb_b", 5, "bernoulli"), ("sgvb_b_gauss", "sgvb_b", 1, "gaussian")]
@@ -71,7 +72,8 @@ def main() -> None:
         build(uri, args.runs, args.epochs)
         (folder / "built").write_text(str(args.runs))
         print(f"built {args.runs} runs in {time.perf_counter() - t0:.1f} s")
-    from bench import report, report_data
+    from bench import report
+    from bench.reporting import data as report_data
 
     client = open_store(uri)
     for method in ("bulk", "threads"):

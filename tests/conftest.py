@@ -14,7 +14,7 @@ import torch
 from mlflow import MlflowClient
 
 from bench.cli import quiet_libraries
-from bench.data import MNIST, load_mnist
+from bench.core.data import MNIST, load_mnist
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,0 +1,102 @@
+"""MNIST from the four IDX files, md5-checked, held in memory as tensors.
+
+The bundled copy (data/mnist in the repository, bench/_mnist in an installed wheel) is found relative to
+the package, so commands work from any working directory. ``--data-dir`` may point at a folder holding
+the four files (.gz or not) or at torchvision's layout (``DIR/MNIST/raw``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.resources
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bench.errors import UserError
+
+# md5 of the uncompressed IDX bytes, as published with MNIST.
+MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+NAME = "mnist"
+
+
+@dataclass(frozen=True)
+class MNIST:
+    """Images as float32 [N, 784] in [0, 1] (byte / 255), labels as int64 [N]."""
+
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    source: str
+    digest: str  # md5 over the four files' md5s: names this exact data
+
+
+def bundled_dir() -> Path:
+    """data/mnist of the source tree if present, else the copy installed as package data."""
+    repo = Path(__file__).resolve().parents[2] / "data" / "mnist"
+    if repo.is_dir():
+        return repo
+    return Path(str(importlib.resources.files("bench") / "_mnist"))
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for candidate in (folder / stem, folder / f"{stem}.gz", folder / "MNIST" / "raw" / stem,
+                      folder / "MNIST" / "raw" / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"MNIST file {stem}[.gz] not found in {folder} (nor in {folder / 'MNIST' / 'raw'}); "
+                    "give --data-dir a folder with the four IDX files")
+
+
+def _read_checked(path: Path, stem: str) -> bytes:
+    try:
+        raw = path.read_bytes()
+        data = gzip.decompress(raw) if path.suffix == ".gz" else raw
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise UserError(f"cannot read MNIST file {path}: {e}") from None
+    if hashlib.md5(data).hexdigest() != MD5[stem]:
+        raise UserError(f"MNIST file {path} is corrupt: md5 of its bytes is not the published {MD5[stem]}")
+    return data
+
+
+def _parse_idx(data: bytes) -> np.ndarray:
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_mnist(data_dir: str | Path | None = None) -> MNIST:
+    """Read, md5-check and decode MNIST; raises UserError naming the file on any problem."""
+    folder = Path(data_dir).expanduser() if data_dir is not None else bundled_dir()
+    if not folder.is_dir():
+        raise UserError(f"--data-dir {folder} is not a folder; give a folder with the four MNIST IDX files")
+    arrays, md5s = {}, []
+    for stem in MD5:
+        data = _read_checked(_find(folder, stem), stem)
+        md5s.append(MD5[stem])
+        arrays[stem] = _parse_idx(data)
+
+    def images(stem: str) -> Tensor:
+        return torch.from_numpy(arrays[stem].reshape(-1, 784).astype(np.float32) / 255.0)
+
+    def labels(stem: str) -> Tensor:
+        return torch.from_numpy(arrays[stem].astype(np.int64))
+
+    return MNIST(
+        train_x=images("train-images-idx3-ubyte"),
+        train_y=labels("train-labels-idx1-ubyte"),
+        test_x=images("t10k-images-idx3-ubyte"),
+        test_y=labels("t10k-labels-idx1-ubyte"),
+        source=str(folder),
+        digest=hashlib.md5("".join(md5s).encode()).hexdigest()[:8],
+    )

@@ -1,0 +1,151 @@
+"""Evaluating a trained model like the papers, into its run: what bench.evaluate does, and what bench.run does
+after its last epoch.
+
+Always: ``active_units`` (Burda et al.'s rule) and the KL per latent dimension (evaluation/kl_per_dim.*);
+for 2-D latents the test set's scatter and the 20x20 learned manifold. With K > 0 importance samples,
+``test_nll`` (the K-sample IWAE bound, bench.evaluation.nll), ``test_nll_stderr`` and ``nll_samples``. With
+gradient variance, gradvar_* / gradsnr_* for every estimator (bench.evaluation.gradvar) and evaluation/gradvar.*.
+The test set is binarised as the run's training was (its ``binarize`` param). Only MlflowClient calls
+write to the run, so its status (FINISHED, FAILED, KILLED) stays as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tabulate import tabulate
+from torch import Tensor, nn
+
+from bench.core.config import TrainConfig
+from bench.core.data import load_mnist
+from bench.core.devices import resolve_device
+from bench.core.splits import prepare_test
+from bench.errors import UserError, first_line
+from bench.evaluation import gradvar, latents
+from bench.evaluation.nll import estimate_nll
+from bench.tracking.mlflow_tracker import MlflowTracker
+from bench.tracking.names import MODEL_NAME
+from bench.tracking.store import fluent_tracking_uri, open_store
+from bench.tracking.tracker import NullTracker, Tracker
+
+PROG = "python -m bench.evaluate"
+ARTIFACT_DIR = "evaluation"
+DEFAULT_NLL_SAMPLES = 1000  # the CLI's default; bench.run's --nll-samples defaults to 0 (off)
+
+
+def evaluate_model(model: nn.Module, test_x: Tensor, test_y: Tensor, tracker: Tracker, step: int,
+                   nll_samples: int = 0, gradient_variance: bool = False, repeats: int = gradvar.REPEATS,
+                   progress: bool = False, log: Callable[[str], None] = print) -> dict[str, float]:
+    """Compute, log to ``tracker`` (metrics at ``step``, files under evaluation/) and return the metrics."""
+    model.eval()
+    metrics: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="vae-bench-eval-") as tmp:
+        folder = Path(tmp)
+        mu, logvar = latents.encoder_moments(model, test_x)
+        table = latents.kl_table(mu, logvar)
+        metrics["active_units"] = float(int(table["active"].sum()))
+        files = latents.save_kl_artifacts(table, folder)
+        if model.latent == 2:
+            files.append(latents.save_latent_scatter(mu, test_y, folder / "latent_scatter.png"))
+            files.append(latents.save_manifold(model, folder / "latent_manifold.png"))
+        if nll_samples > 0:
+            result = estimate_nll(model, test_x, nll_samples, progress=progress)
+            metrics.update(result.metrics())  # nll_samples among them: the K of each test_nll, step by step
+            tracker.log_new_params({"nll_samples": nll_samples})  # the contract's param: the K of the first one
+            log(f"test NLL {result.nll:.3f} +- {result.stderr:.3f} nats ({nll_samples} importance samples, "
+                f"{len(test_x)} images)")
+        if gradient_variance:
+            stats = gradvar.measure_all(model, test_x[:gradvar.BATCH], repeats)
+            metrics.update(gradvar.gradvar_metrics(stats))
+            metrics["gradvar_repeats"] = float(repeats)
+            gtable = gradvar.gradvar_table(stats)
+            files += [folder / "gradvar.csv", folder / "gradvar.md"]
+            gtable.to_csv(files[-2], index=False)
+            text = tabulate(gtable, headers="keys", showindex=False, floatfmt=".4g", tablefmt="github")
+            files[-1].write_text(f"Gradient variance over {repeats} noise draws, minibatch of "
+                                 f"{min(gradvar.BATCH, len(test_x))} test images (total variance, SNR)\n\n{text}\n")
+            log(text)
+        log(f"active units {int(metrics['active_units'])} of {model.latent}; "
+            f"KL per dimension in {ARTIFACT_DIR}/kl_per_dim.md")
+        tracker.log_metrics(metrics, step=step)
+        for path in files:
+            tracker.log_artifact(path, ARTIFACT_DIR)
+    return metrics
+
+
+def final_evaluation(model: nn.Module, variant: Any, cfg: TrainConfig, data: Any, tracker: Tracker,
+                     nll_samples: int = 0, progress: bool | None = None) -> dict[str, float]:
+    """Called by bench.run after the last epoch, once the model is logged: active units, KL per dimension,
+    the 2-D pictures, and (nll_samples > 0) the test NLL, as metrics at step cfg.epochs. A run that holds out
+    a validation split (tuning) never looks at the test set, so it gets nothing here."""
+    if getattr(cfg, "validation", 0):
+        return {}
+    test_x = prepare_test(data, cfg, torch.device(cfg.device))
+    progress = sys.stderr.isatty() if progress is None else progress
+    return evaluate_model(model, test_x, data.test_y.to(cfg.device), tracker, step=cfg.epochs,
+                          nll_samples=nll_samples, progress=progress)
+
+
+def load_run_model(client: Any, run_id: str) -> nn.Module:
+    """The run's logged model (bench.tracking.MODEL_NAME), or a UserError saying why there is none."""
+    import mlflow.pytorch
+    from mlflow.exceptions import MlflowException
+
+    # runs:/ URIs resolve through the fluent API's tracking URI only (download_artifacts' tracking_uri is
+    # not used for MLflow 3's logged models).
+    try:
+        with fluent_tracking_uri(client.tracking_uri):
+            return mlflow.pytorch.load_model(f"runs:/{run_id}/{MODEL_NAME}", map_location="cpu")
+    except (MlflowException, OSError) as e:
+        raise UserError(f"run {run_id} has no logged model ({first_line(e, 120)}); "
+                        "evaluate a run that finished training") from None
+
+
+def evaluate_run(args: argparse.Namespace) -> int:
+    """What ``python -m bench.evaluate`` does with its arguments."""
+    if args.gradient_variance and args.repeats < 2:
+        raise UserError(f"--repeats must be at least 2 to measure a variance, got {args.repeats}")
+    client = open_store(args.tracking_uri, existing=True)
+    try:
+        run = client.get_run(args.run_id)
+    except Exception:
+        raise UserError(f"no run with id {args.run_id!r} in {client.tracking_uri}; "
+                        "give the id of a run made by bench.run") from None
+    status = run.info.status
+    params = run.data.params
+    device = resolve_device(args.device)
+    cfg = TrainConfig(binarize=params.get("binarize", "none"), device=device)
+    model = load_run_model(client, args.run_id).to(device)
+    data = load_mnist(args.data_dir)
+    if params.get("data_digest", data.digest) != data.digest:
+        raise UserError(f"run {args.run_id} was trained on MNIST with digest {params['data_digest']}, but "
+                        f"{data.source} has digest {data.digest}; give --data-dir the run's data")
+    test_x = prepare_test(data, cfg, torch.device(device))
+    test_y = data.test_y.to(device)
+    if args.limit_test:
+        test_x, test_y = test_x[:args.limit_test], test_y[:args.limit_test]
+    history = client.get_metric_history(args.run_id, "train_loss")
+    step = max((m.step for m in history), default=0)  # the evaluation sits at the run's last epoch
+    print(f"evaluating run {args.run_id} ({run.info.run_name}, {status}) on {len(test_x)} test images, "
+          f"binarize={cfg.binarize}")
+    # A subset's numbers would sit under the full test set's names (test_nll, active_units): print them only.
+    tracker: Tracker = MlflowTracker(client, args.run_id) if not args.limit_test else NullTracker()
+    if args.limit_test:
+        print(f"--limit-test: a check on {len(test_x)} of {len(data.test_x)} test images, printed and not logged")
+    try:
+        evaluate_model(model, test_x, test_y, tracker, step, nll_samples=args.nll_samples,
+                       gradient_variance=args.gradient_variance, repeats=args.repeats,
+                       progress=not args.no_progress and sys.stderr.isatty())
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted; run {args.run_id} keeps what was logged before", file=sys.stderr)
+        return 130
+    finally:
+        if client.get_run(args.run_id).info.status != status:  # belt and braces: nothing above should change it
+            client.update_run(args.run_id, status=status)
+    return 0

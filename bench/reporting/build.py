@@ -1,0 +1,97 @@
+"""The report (python -m bench.report): tracked runs -> a Markdown comparison with seaborn figures.
+
+    python -m bench.report [--experiment NAME] [--sweep ID] [--tracking-uri URI] [--out DIR] [--date YYYY-MM-DD]
+
+Writes DIR/report.md and its figures in DIR/figures/ (linked by relative paths). data.py reads the runs;
+sections.py, comparisons.py and anchors.py write the parts; figures.py draws; markdown.py formats cells. Only
+FINISHED runs are averaged; failed, killed and unfinished runs are listed on their own. The same store gives
+the same report: everything is sorted and the only clock reading is the header's date (--date, else
+$SOURCE_DATE_EPOCH, else today, UTC).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import re
+from pathlib import Path
+
+from bench.errors import UserError
+from bench.reporting.anchors import anchors
+from bench.reporting.comparisons import comparisons, gradient_variance
+from bench.reporting.data import ReportData, load
+from bench.reporting.markdown import slug
+from bench.reporting.sections import (
+    FIGURES,
+    Ctx,
+    all_runs,
+    configuration,
+    failures,
+    header,
+    missing,
+    pictures,
+    summary,
+    trends,
+    tuning,
+)
+from bench.tracking.store import open_store
+
+PROG = "python -m bench.report"
+
+
+def report_date(flag: str | None) -> str:
+    if flag:
+        try:
+            return dt.date.fromisoformat(flag).isoformat()
+        except ValueError:
+            raise UserError(f"--date {flag!r} is not a date; give YYYY-MM-DD") from None
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch and epoch.isdigit():
+        return dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc).date().isoformat()
+    return dt.datetime.now(dt.timezone.utc).date().isoformat()
+
+
+def render(data: ReportData, out: Path, date: str, figures: bool = True) -> str:
+    """The report's Markdown; writes its figures into out/figures when ``figures``."""
+    from bench.reporting import figures as rf
+
+    rf.setup()
+    fin = data.finished
+    data.runs["sec_per_epoch"] = data.runs["run_id"].map(
+        data.history[data.history["metric"] == "epoch_seconds"].groupby("run_id")["value"].mean()).astype(float)
+    ctx = Ctx(data, out, rf.palette(sorted(set(fin["label"]))), [])
+    if "decoder" not in data.runs:
+        data.runs["decoder"] = None
+    if fin.empty:  # an experiment of tuning studies only
+        parts = [header(ctx, date), tuning(ctx)]
+    else:
+        parts = [header(ctx, date), summary(ctx), trends(ctx, figures), comparisons(ctx, figures),
+                 gradient_variance(ctx, figures), anchors(ctx, figures), pictures(ctx, figures), tuning(ctx),
+                 failures(ctx), missing(ctx), configuration(ctx), all_runs(ctx)]
+    text = "\n".join(line for part in parts for line in part)
+    return re.sub(r"\n{3,}", "\n\n", text).rstrip() + "\n"
+
+
+def write_report(args: argparse.Namespace) -> int:
+    """What ``python -m bench.report`` does with its arguments."""
+    date = report_date(args.date)
+    client = open_store(args.tracking_uri, existing=True)
+    data = load(client, experiment=args.experiment, sweep=args.sweep)
+    out = Path(args.out) if args.out else Path("reports") / slug(args.sweep or data.experiments[0])
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder")
+    figs = out / FIGURES
+    try:
+        if figs.is_dir():
+            for old in figs.glob("*.png"):  # figures of an earlier report into this folder
+                old.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        text = render(data, out, date)
+        (out / "report.md").write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot write the report into {out} ({e.strerror or e}); give --out a folder you can "
+                        "write to") from None
+    print(f"wrote {out / 'report.md'} ({len(data.finished)} finished runs, "
+          f"{len(list(figs.glob('*.png')))} figures in {figs})")
+    return 0

@@ -1,0 +1,127 @@
+"""The harness's Tracker backed by one MLflow run: params, batched metrics, artifacts, the checkpoint, the model.
+
+Uses ``MlflowClient`` calls (not the fluent API's active run) so that logging into a run never changes
+its status behind our back.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from torch import nn
+
+from bench.errors import UserError, first_line
+from bench.tracking.names import CHECKPOINT, FAILURE_TAG, MODEL_NAME
+from bench.tracking.store import fluent_tracking_uri, get_or_create_experiment, lock_for
+
+
+def param_value(v: Any) -> str:
+    """A value as MLflow stores a param (None as 'None'): what runs are logged and matched with."""
+    return "None" if v is None else str(v)
+
+
+class MlflowTracker:
+    """The harness's Tracker, backed by one MLflow run."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    @classmethod
+    def start(cls, client: MlflowClient, experiment: str, run_name: str, params: dict[str, Any],
+              tags: dict[str, str] | None = None) -> MlflowTracker:
+        exp_id = get_or_create_experiment(client, experiment)
+        run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
+        tracker = cls(client, run.info.run_id)
+        client.log_batch(tracker.run_id, params=[Param(k, param_value(v)) for k, v in params.items()])
+        return tracker
+
+    @property
+    def experiment_id(self) -> str:
+        return self.client.get_run(self.run_id).info.experiment_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_new_params(self, params: dict[str, Any]) -> None:
+        """Log the params the run does not have yet (MLflow params cannot change once logged)."""
+        have = self.client.get_run(self.run_id).data.params
+        new = [Param(k, param_value(v)) for k, v in params.items() if k not in have]
+        if new:
+            self.client.log_batch(self.run_id, params=new)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: Path, artifact_dir: str) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_dir)
+
+    def log_dataset(self, name: str, digest: str, source: str, context: str, sample: Any) -> None:
+        """Name the data set in the runs table (its Dataset column) with its digest."""
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        ds = mlflow.data.from_numpy(sample, source=source, name=name, digest=digest)
+        inputs = [DatasetInput(ds._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])]
+        # MLflow looks for the experiment's dataset row, then inserts it: two workers meeting a new experiment
+        # at once collide on its unique key. The lock orders writers on this machine; a writer on another
+        # machine that won the race leaves the row behind, so the second attempt finds it.
+        with lock_for(self.client.tracking_uri):
+            try:
+                self.client.log_inputs(self.run_id, inputs)
+            except MlflowException:
+                self.client.log_inputs(self.run_id, inputs)
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """The latest checkpoint only: each epoch overwrites the previous one."""
+        with tempfile.TemporaryDirectory(prefix="vae-bench-ckpt-") as tmp:
+            path = Path(tmp) / Path(CHECKPOINT).name
+            torch.save(state, path)
+            self.client.log_artifact(self.run_id, str(path), str(Path(CHECKPOINT).parent))
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The run's checkpoint, or None when it has none (a run stopped in its first epoch, a tuning trial).
+        One that is there but cannot be fetched or read is a UserError: resuming must not start afresh."""
+        try:
+            listed = {f.path for f in self.client.list_artifacts(self.run_id, str(Path(CHECKPOINT).parent))}
+            if CHECKPOINT not in listed:
+                return None
+            with tempfile.TemporaryDirectory(prefix="vae-bench-ckpt-") as tmp:
+                local = self.client.download_artifacts(self.run_id, CHECKPOINT, tmp)
+                return torch.load(local, map_location="cpu", weights_only=True)
+        except Exception as e:  # MLflow, the file system, or torch.load on a truncated or foreign file
+            raise UserError(f"the checkpoint of run {self.run_id} cannot be read ({first_line(e)})") from None
+
+    def log_model(self, model: nn.Module) -> None:
+        """mlflow.pytorch.log_model, pickled so that encode/decode survive (the pt2 format keeps forward
+        only), with the variants package as code so the model loads without vae-bench installed."""
+        import mlflow
+        import mlflow.pytorch
+
+        import variants
+
+        status = self.client.get_run(self.run_id).info.status
+        with fluent_tracking_uri(self.client.tracking_uri), mlflow.start_run(run_id=self.run_id):
+            mlflow.pytorch.log_model(
+                copy.deepcopy(model).cpu(), name=MODEL_NAME, serialization_format="pickle",
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                code_paths=[str(Path(variants.__file__).parent)])
+        self.client.update_run(self.run_id, status=status)  # start_run's exit marked it FINISHED
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+    def mark_running(self) -> None:
+        """Running again (a resumed run): the reason it stopped last time no longer describes it."""
+        if FAILURE_TAG in self.client.get_run(self.run_id).data.tags:
+            self.client.delete_tag(self.run_id, FAILURE_TAG)
+        self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))

@@ -1,0 +1,27 @@
+"""Every name the suite gives things in MLflow, in one place: experiments, tags, artifacts.
+
+Readers (reports, the grid, tests) select runs by these, so they are part of the contract: change one and
+old stores stop matching.
+"""
+
+from __future__ import annotations
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "vae-bench"  # bench.run, bench.grid
+TUNE_EXPERIMENT = "vae-bench-tune"  # bench.tune: tuning runs (many, some pruned, chosen on validation) apart
+
+# Tags on runs
+SWEEP_TAG = "bench.sweep"  # runs of one grid sweep share this tag's value; reports select by it
+MEMBER_TAG = "bench.in_sweep.{}"  # "true" on a run a sweep reused (finished earlier, in another sweep or none)
+FAILURE_TAG = "bench.failure"  # why a run ended FAILED or KILLED (cleared when it is resumed)
+EPOCHS_TAG = "bench.epochs_target"  # a resumed run's new --epochs (params cannot change); reports prefer it
+STUDY_TAG = "bench.study"  # on a study's parent run and on every trial's run: the study's name
+ROLE_TAG = "bench.role"  # "study" (the parent run) or "trial"
+TRIAL_TAG = "bench.trial"  # the Optuna trial number of a trial's run
+PRUNED_TAG = "bench.pruned_epoch"  # the epoch at which the pruner stopped a trial
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: a nested run's parent
+NOTE_TAG = "mlflow.note.content"  # MLflow's own: the description shown on a run's or experiment's page
+
+# Artifacts
+CHECKPOINT = "checkpoint/checkpoint.pt"
+MODEL_NAME = "model"

@@ -1,0 +1,54 @@
+"""The benchmark scripts' own logic: the hand-written step's gradients and the speed goals' verdicts."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.core.config import TrainConfig
+from bench.training.loop import build
+from variants import get_variant
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+manual_step = pytest.importorskip("manual_step")
+speed = pytest.importorskip("speed")
+
+
+def test_hand_written_gradients_match_autograd() -> None:
+    x = torch.rand(16, 784)
+    errors = manual_step.check_gradients(x)
+    assert errors["fp32"] < 1e-5
+    assert errors["bf16"] < 5e-2  # bf16 products: about 3 significant digits
+
+
+def test_hand_written_step_trains_like_autograd() -> None:
+    """Five Adam steps of the hand-written step end on the weights that autograd and the harness's Adam reach
+    from the same start, on the same batches and the same noise."""
+    variant = get_variant("sgvb_b")
+    model, opt = build(variant, TrainConfig())
+    step = manual_step.HandWrittenStep(model, torch.float32)
+    start = step.flat.detach().clone()
+    batches = [torch.rand(32, 784) for _ in range(5)]
+    for k, x in enumerate(batches):
+        step.backward(x, torch.randn((32, 20), generator=torch.Generator().manual_seed(k)))
+        step.opt.step()
+        opt.zero_grad()
+        variant.estimate(model, x, torch.Generator().manual_seed(k)).objective.sum().backward()
+        opt.step()
+    auto = torch.cat([p.detach().reshape(-1) for p in manual_step.layer_parameters(model)])
+    assert (auto - start).abs().max() > 1e-3  # the weights did move
+    assert torch.allclose(step.flat.detach(), auto, rtol=0, atol=1e-5)
+
+
+def test_goals_table_says_a_goal_below_the_floor_is_out_of_reach() -> None:
+    med = {speed.FLOOR_FP32: 1.0, speed.FLOOR_BF16: 0.3, speed.ADAM: 0.1, speed.TEST_PASS: 0.1,
+           speed.CLASSIC: 3.6, speed.PYTHAE: 4.0, speed.TRACKED["fp32"]: 1.25, speed.TRACKED["bf16"]: 0.5}
+    rows = {row[0]: row[1:] for row in speed.goals_table(med)}
+    # needs, least possible, reachable, vae-bench, met
+    assert rows["4x the seed's loop, fp32"] == ["0.90", "1.20", "no", "1.25", "no"]
+    assert rows["1.3x the fp32 GEMM floor"] == ["1.30", "1.20", "yes", "1.25", "yes"]
+    assert rows["2.5x pythae, fp32"] == ["1.60", "1.20", "yes", "1.25", "yes"]
+    assert rows["7x the seed's loop, bf16"] == ["0.51", "0.50", "yes", "0.50", "yes"]

@@ -1,0 +1,112 @@
+"""bench.grid on a real MLflow SQLite store and real Optuna storages: the product of the lists as tracked runs,
+resumption, work split between processes, and bad lists."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from bench import grid
+from bench.cli import main_guard
+from bench.reporting import data as report_data
+from bench.sweeps.grid import GridSampler
+from bench.tracking.names import SWEEP_TAG
+from tests.conftest import REPO
+
+TINY = ["--epochs", "1", "--limit-train", "100"]
+
+
+def finished_runs(tracking_uri: str) -> list:
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("vae-bench")
+    return [] if exp is None else client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")
+
+
+def test_a_failed_combination_is_queued_again_by_the_next_call(tmp_path: Path, tracking_uri: str) -> None:
+    args = ["--variants", "sgvb_b", "--latents", "2", "--lr", "1e-3,1e3", "--batch-size", "32", *TINY,
+            "--tracking-uri", tracking_uri]
+    assert grid.main(args) == 1  # lr 1e3 diverges: that run FAILED, the other FINISHED
+    assert len(finished_runs(tracking_uri)) == 1
+    assert grid.main(args) == 1  # queued again (and fails again); the finished one is not rerun
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("vae-bench").experiment_id])
+    assert sorted((r.data.params["lr"], r.info.status) for r in runs) == [
+        ("0.001", "FINISHED"), ("1000.0", "FAILED"), ("1000.0", "FAILED")]
+    study = optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(study) == 1  # both calls shared one study
+    trials = optuna.load_study(study_name=study[0].study_name,
+                               storage=f"sqlite:///{tmp_path / 'optuna.db'}").get_trials()
+    assert sorted(t.state.name for t in trials) == ["COMPLETE", "FAIL", "FAIL"]
+
+
+def test_two_processes_split_a_2x2x1_grid_and_a_second_call_adds_none(tmp_path: Path, capsys) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # does not exist yet: both processes meet it new
+    args = ["--variants", "sgvb_a,sgvb_b", "--latents", "2,5", "--seeds", "1", *TINY,
+            "--storage", str(tmp_path / "grid.journal"), "--tracking-uri", uri]
+    procs = [subprocess.Popen([sys.executable, "-m", "bench.grid", *args], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    runs = finished_runs(uri)
+    assert sorted(r.info.run_name for r in runs) == ["sgvb_a-z2-L1-s1", "sgvb_a-z5-L1-s1",
+                                                     "sgvb_b-z2-L1-s1", "sgvb_b-z5-L1-s1"]  # each once
+    sweeps = {r.data.tags[SWEEP_TAG] for r in runs}
+    assert len(sweeps) == 1 and sweeps.pop().startswith("grid-")
+    assert {r.data.params["limit_train"] for r in runs} == {"100"}
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "grid.journal")))
+    (summary,) = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+    assert sorted(t.params["cell"] for t in trials if t.state == TrialState.COMPLETE) == [0, 1, 2, 3]
+
+    assert grid.main(args) == 0  # resumed: everything is done
+    assert "4 already finished, 0 to run" in capsys.readouterr().out
+    assert grid.main([*args, "--sweep", "another"]) == 0  # FINISHED with the same settings, whatever the sweep
+    assert len(finished_runs(uri)) == 4
+    reused, _ = report_data.search(MlflowClient(uri), sweep="another")  # and they are that sweep's runs too
+    assert sorted(reused["run_id"]) == sorted(r.info.run_id for r in runs)
+    capsys.readouterr()
+    # A setting that changes the result (here --limit-train) makes new combinations.
+    assert grid.main([*args, "--limit-train", "100,200", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "8 combinations, 4 already finished, 4 to run" in out and out.count("to run") == 5
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--latents", "2,,5", "empty item"),
+    ("--latents", "2,x", "'x' in '2,x'"),
+    ("--variants", "sgvb_a,nope", "'nope' in 'sgvb_a,nope': unknown variant; choose from"),
+    ("--lr", "1e-3,-1", "'-1' in '1e-3,-1'"),
+    ("--seeds", "1,-1", "'-1' in '1,-1': -1 is out of range; give a seed from 0 to 2**63-1"),
+    ("--storage", "grid.txt", "neither an RDB URL"),
+])
+def test_bad_lists_are_one_line_and_exit_2(tracking_uri: str, capsys, flag: str, value: str, message: str) -> None:
+    args = {"--variants": "sgvb_b", "--epochs": "1", "--limit-train": "100", "--tracking-uri": tracking_uri,
+            flag: value}
+    try:
+        status = main_guard(grid.main, grid.PROG)([x for kv in args.items() for x in kv])
+    except SystemExit as e:  # argparse's own errors
+        status = e.code
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    assert message in err.strip().splitlines()[-1]
+
+
+def test_a_retried_combination_with_one_left_unstarted_does_not_stop_the_grid() -> None:
+    """Optuna's own GridSampler raises KeyError 'grid_id' here: a queued retry ends while one combination has
+    never started (a sweep interrupted during its second run, then called again)."""
+    study = optuna.create_study(sampler=GridSampler({"cell": [0, 1, 2]}, seed=0))
+    suggest = lambda t: float(t.suggest_categorical("cell", [0, 1, 2]))  # noqa: E731
+    study.optimize(suggest, n_trials=1)
+    killed = study.ask()
+    suggest(killed)
+    study.tell(killed, state=TrialState.FAIL)
+    study.enqueue_trial({"cell": killed.params["cell"]})
+    study.optimize(suggest, n_trials=2)  # the retry, then the last combination
+    done = [t.params["cell"] for t in study.trials if t.state == TrialState.COMPLETE]
+    assert sorted(done) == [0, 1, 2]
