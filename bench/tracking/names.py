@@ -21,6 +21,12 @@ TRIAL_TAG = "bench.trial"  # the Optuna trial number of a trial's run
 PRUNED_TAG = "bench.pruned_epoch"  # the epoch at which the pruner stopped a trial
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: a nested run's parent
 NOTE_TAG = "mlflow.note.content"  # MLflow's own: the description shown on a run's or experiment's page
+# Provenance: MLflow's own context tags, shown on a run's page, and whether the code had uncommitted changes
+SOURCE_NAME_TAG = "mlflow.source.name"
+SOURCE_TYPE_TAG = "mlflow.source.type"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+USER_TAG = "mlflow.user"
+GIT_DIRTY_TAG = "bench.git_dirty"  # "true" when the working tree differed from GIT_COMMIT_TAG's commit
 
 # Artifacts
 CHECKPOINT = "checkpoint/checkpoint.pt"
