@@ -7,7 +7,7 @@ from torch import Tensor
 
 from bench.core.config import TrainConfig
 from bench.core.data import MNIST
-from bench.core.rng import generator
+from bench.core.rng import BINARIZE, generator
 from bench.errors import UserError
 
 BINARIZE_SEED = 1998  # the static binarisation (and the test set's, under dynamic) is the same for all runs
@@ -16,7 +16,7 @@ BINARIZE_SEED = 1998  # the static binarisation (and the test set's, under dynam
 def binarize(x: Tensor, seed: int) -> Tensor:
     """A fixed Bernoulli draw of the pixels (static binarisation), the same for every run on every device:
     drawn on the CPU (CPU and CUDA generators give different numbers for one seed), then moved."""
-    return torch.bernoulli(x.cpu(), generator=generator(torch.device("cpu"), seed)).to(x.device, x.dtype)
+    return torch.bernoulli(x.cpu(), generator=generator(torch.device("cpu"), BINARIZE, seed)).to(x.device, x.dtype)
 
 
 def split_validation(data: MNIST, cfg: TrainConfig) -> tuple[Tensor, Tensor | None]:

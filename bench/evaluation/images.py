@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from bench.core.rng import generator
+from bench.core.rng import SAMPLES_GRID, generator
 from variants.model import VAE
 
 
@@ -41,7 +41,7 @@ def save_grids(model: VAE, test_x: Tensor, epoch: int, folder: Path, seed: int) 
     lik = model.likelihood
     x = test_x[:8]
     recon = lik.mean(model.decode(model.encode(x)[0]))
-    z = torch.randn((64, model.latent), generator=generator(test_x.device, seed, 64), device=test_x.device)
+    z = torch.randn((64, model.latent), generator=generator(test_x.device, SAMPLES_GRID, seed), device=test_x.device)
     samples = lik.mean(model.decode(z))
     paths = [folder / f"reconstruction_{epoch:03d}.png", folder / f"samples_{epoch:03d}.png"]
     save_grid(torch.cat([x, recon]), paths[0], nrow=8)

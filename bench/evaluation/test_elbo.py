@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from bench.core.devices import accumulation_dtype
-from bench.core.rng import generator
+from bench.core.rng import TEST_NOISE, generator
 from variants.estimators import analytic_kl
 from variants.model import VAE
 
@@ -20,7 +20,7 @@ def evaluate_test(model: VAE, x: Tensor, batch_size: int = 2000) -> dict[str, fl
     test_mse is the squared error of the decoder's mean, averaged over pixels and images: the scale on
     which a Bernoulli and a Gaussian decoder compare.
     """
-    gen = generator(x.device, EVAL_SEED)
+    gen = generator(x.device, TEST_NOISE, EVAL_SEED)
     sums = torch.zeros(3, dtype=accumulation_dtype(x.device), device=x.device)
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size]

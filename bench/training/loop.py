@@ -3,7 +3,7 @@ It knows nothing of MLflow: it logs through a Tracker.
 
 Speed: MNIST lives on the device as one float32 tensor; a minibatch is an index_select of it, no
 DataLoader, no per-image work. Per-batch loss sums accumulate on the device (no .item() per batch).
-Reproducibility: each epoch draws its shuffle and its noise from generators seeded by (seed, epoch), so
+Reproducibility: each epoch draws its shuffle and its noise from streams keyed by (purpose, seed, epoch), so
 an epoch's numbers depend only on the parameters it starts from: a resumed run matches an
 uninterrupted one.
 """
@@ -25,7 +25,7 @@ from tqdm import tqdm
 from bench.core.config import TrainConfig
 from bench.core.data import MNIST
 from bench.core.interrupts import critical
-from bench.core.rng import generator
+from bench.core.rng import SHUFFLE, TRAIN_NOISE, generator
 from bench.core.splits import prepare_data, validation_data
 from bench.errors import NonFiniteLoss
 from bench.evaluation.images import save_grids
@@ -76,6 +76,8 @@ def train(
         model.load_state_dict(start["model"])
         opt.load_state_dict(start["optimizer"])
         first = start["epoch"] + 1
+        if "torch_rng" in start:  # torch's global RNG as it was after that epoch (see the checkpoint below)
+            torch.set_rng_state(start["torch_rng"])
     train_x, test_x = prepare_data(data, cfg, device)
     val_x = validation_data(data, cfg, device)
     n, bs = len(train_x), cfg.batch_size
@@ -86,8 +88,8 @@ def train(
         for epoch in range(first, cfg.epochs + 1):
             t0 = time.perf_counter()
             model.train()
-            gen = generator(device, cfg.seed, epoch)
-            perm = torch.randperm(n, generator=generator(torch.device("cpu"), cfg.seed, epoch, 0)).to(device)
+            gen = generator(device, TRAIN_NOISE, cfg.seed, epoch)
+            perm = torch.randperm(n, generator=generator(torch.device("cpu"), SHUFFLE, cfg.seed, epoch)).to(device)
             sums = torch.zeros(2, device=device)
             bar = tqdm(total=n, desc=f"epoch {epoch}/{cfg.epochs}", unit="img", disable=not progress,
                        leave=False, dynamic_ncols=True)
@@ -127,8 +129,9 @@ def train(
             # Signals wait until both are written; if the store fails between them, --resume logs the metrics
             # from the checkpoint (bench.run).
             with critical():
-                # torch_rng, torch's global RNG: the harness's own draws come from generators keyed by (seed,
-                # epoch) and need no saved state; it is kept for anything that draws from the global one.
+                # torch_rng, torch's global RNG, restored on resume: the harness's own draws come from streams
+                # keyed by (purpose, seed, epoch) and need no saved state; it is kept for anything that draws from
+                # the global one (a user's variant), so that it too resumes where it stopped.
                 tracker.save_checkpoint({"epoch": epoch, "model": model.state_dict(),
                                          "optimizer": opt.state_dict(), "metrics": metrics,
                                          "torch_rng": torch.get_rng_state()})

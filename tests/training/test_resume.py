@@ -7,6 +7,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
+import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -126,3 +127,21 @@ def test_a_resumed_run_sheds_its_old_failure_and_records_its_new_target(tracking
     assert rc == 0 and run.info.status == "FINISHED"
     assert FAILURE_TAG not in run.data.tags and run.data.tags[EPOCHS_TAG] == "3"
     assert [m.step for m in client.get_metric_history(killed_run, "train_loss")] == [1, 2, 3]
+
+
+def test_the_global_torch_rng_is_restored_on_resume(mnist) -> None:
+    """torch_rng is saved with every checkpoint and restored by a resume: a variant drawing from torch's global
+    RNG goes on where it stopped. (The harness's own streams need no saved state.)"""
+    from bench.tracking.tracker import MemoryTracker
+    from bench.training.loop import train
+
+    cfg = TrainConfig(latent=2, epochs=1, limit_train=200, device="cpu")
+    first = MemoryTracker()
+    train(get_variant("sgvb_b"), cfg, mnist, first)
+    torch.manual_seed(12345)
+    marked = torch.get_rng_state()  # a state the run could not reach by itself
+    start = {**first.checkpoint, "torch_rng": marked}
+    second = MemoryTracker()
+    train(get_variant("sgvb_b"), TrainConfig(latent=2, epochs=2, limit_train=200, device="cpu"), mnist, second,
+          start=start)
+    assert torch.equal(second.checkpoint["torch_rng"], marked)
