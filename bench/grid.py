@@ -4,13 +4,7 @@
     # more processes (shells, machines) with the same arguments split the remaining work:
     python -m bench.grid --variants sgvb_a,sgvb_b --latents 2,10,20 --seeds 1,2,3 --epochs 10 --storage grid.journal
 
-Each flag takes a comma-separated list. Every combination is one run, as ``bench.run`` makes it, tagged
-``bench.sweep=<id>``. A combination already FINISHED in the experiment with the same settings (every variant
-axis and harness setting, ``--limit-train`` included; the device aside) is skipped, so an interrupted sweep is
-resumed by calling it again; a run made by another sweep (or by bench.run) is reused and tagged
-``bench.in_sweep.<id>``, so that ``bench.report --sweep <id>`` counts it in. Processes hand out combinations
-through an Optuna study with a GridSampler on the storage (trial n runs combination n, so no two processes
-start the same one); a combination whose process died or whose run failed is queued again by the next call.
+What it does: bench.sweeps.grid; how cells are handed out: bench.sweeps.queue.
 """
 
 from __future__ import annotations
@@ -65,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "PATH.journal (default: optuna.db beside the MLflow SQLite store, else in the working "
                         "directory)")
     p.add_argument("--heartbeat", type=positive_int, default=10, metavar="SEC",
-                   help="RDB storages: a run with no heartbeat for 2 x SEC is failed and queued again (10)")
+                   help="seconds between a worker's beats: a worker that cannot be checked otherwise (another "
+                        "machine) and has not beaten for 2 x SEC is taken as lost, its cell queued again (10)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="run again the combinations that failed twice with a non-finite loss")
     p.add_argument("--dry-run", action="store_true", help="list the combinations and which are done, then exit")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX files (default: bundled)")
     p.add_argument("--experiment", type=name_arg, default=DEFAULT_EXPERIMENT,
@@ -73,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true", help="also print the queue's bookkeeping")
     return p
 
 

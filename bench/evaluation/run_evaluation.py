@@ -29,6 +29,7 @@ from bench.core.splits import prepare_test
 from bench.errors import UserError, first_line
 from bench.evaluation import gradvar, latents
 from bench.evaluation.nll import estimate_nll
+from bench.tracking.lookup import get_run
 from bench.tracking.mlflow_tracker import MlflowTracker
 from bench.tracking.names import MODEL_NAME
 from bench.tracking.store import fluent_tracking_uri, open_store
@@ -112,11 +113,7 @@ def evaluate_run(args: argparse.Namespace) -> int:
     if args.gradient_variance and args.repeats < 2:
         raise UserError(f"--repeats must be at least 2 to measure a variance, got {args.repeats}")
     client = open_store(args.tracking_uri, existing=True)
-    try:
-        run = client.get_run(args.run_id)
-    except Exception:
-        raise UserError(f"no run with id {args.run_id!r} in {client.tracking_uri}; "
-                        "give the id of a run made by bench.run") from None
+    run = get_run(client, args.run_id)
     status = run.info.status
     params = run.data.params
     device = resolve_device(args.device)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,6 @@ import optuna
 from filelock import FileLock
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
-from optuna.trial import FrozenTrial
 
 from bench.errors import UserError
 from bench.tracking.store import lock_for, redact, sqlite_path
@@ -58,13 +55,11 @@ def check_storage_spec(spec: str, tracking_uri: str | None = None) -> None:
         raise UserError(f"storage {spec} is the MLflow tracking database; give the Optuna storage a file of its own")
 
 
-def open_storage(spec: str, heartbeat: int,
-                 on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> BaseStorage:
+def open_storage(spec: str) -> BaseStorage:
     """An Optuna storage: an RDB URL (sqlite:///..., postgresql://...) or a path ending in .journal.
 
-    RDB storages get heartbeats: a trial whose worker stops beating for 2 x ``heartbeat`` seconds is marked
-    FAIL by the next worker that asks for a trial, and ``on_stale`` runs for it. Journal storages have no
-    heartbeats; see fail_dead_trials.
+    Without Optuna's heartbeat: workers hold their trials by leases of their own (bench.sweeps.workers), the
+    same on every kind of storage.
     """
     import sqlalchemy.exc
 
@@ -87,11 +82,8 @@ def open_storage(spec: str, heartbeat: int,
     lock = storage_lock(spec)
     for attempt in range(6):
         try:
-            with lock, warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-                storage = RDBStorage(spec, engine_kwargs={"connect_args": connect} if connect else None,
-                                     heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                                     heartbeat_stale_trial_callback=on_stale)
+            with lock:
+                storage = RDBStorage(spec, engine_kwargs={"connect_args": connect} if connect else None)
                 if db is not None:
                     _commit_without_fsync(storage)
                 return storage

@@ -15,10 +15,10 @@ from optuna.trial import TrialState
 
 from bench.errors import UserError
 from bench.tracking.names import NOTE_TAG, PARENT_TAG, ROLE_TAG, STUDY_TAG, TRIAL_TAG
-from bench.tracking.store import lock_for
 
 SETTINGS_ATTR = "bench.settings"  # study user attribute: what every worker of the study must agree on
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attribute: the study's MLflow parent run
+SETTLE_SECONDS = 120.0  # how long a joining worker waits for the creator to write the settings and parent run
 
 
 def check_name(name: str, what: str = "study name") -> str:
@@ -34,20 +34,30 @@ def _wait_for_attr(study: optuna.Study, key: str, seconds: float) -> Any:
         value = study.user_attrs.get(key)
         if value is not None or time.monotonic() > deadline:
             return value
-        time.sleep(0.1)
+        time.sleep(0.2)
 
 
-def agree_settings(study: optuna.Study, settings: dict[str, Any], created: bool, hint: str) -> None:
-    """Record the study's settings (creator), or check that this worker's settings are the study's."""
+def _creator_missing(study: optuna.Study, what: str) -> UserError:
+    return UserError(f"study {study.study_name!r} has no {what}: the process that created it stopped before "
+                     f"writing it; delete the study (optuna delete-study --study-name '{study.study_name}' "
+                     "--storage ...) or use another name")
+
+
+def agree_settings(study: optuna.Study, settings: dict[str, Any], created: bool, hint: str,
+                   wait: float = SETTLE_SECONDS) -> None:
+    """Record the study's settings (its creator), or check that this worker's settings are the study's.
+
+    Only the creator writes them: the storage gives exactly one caller ``created`` (a study's name is unique in
+    it), so the first settings written are the only ones, and every other worker waits for them and compares.
+    A worker never writes its own when the creator is slow (Optuna's user attributes are last-writer-wins).
+    """
     settings = json.loads(json.dumps(settings))  # the form they take in the storage
     if created:
         study.set_user_attr(SETTINGS_ATTR, settings)
         return
-    # Just after creation the creator may not have written them yet.
-    have = _wait_for_attr(study, SETTINGS_ATTR, 10.0)
+    have = _wait_for_attr(study, SETTINGS_ATTR, wait)
     if have is None:
-        study.set_user_attr(SETTINGS_ATTR, settings)
-        return
+        raise _creator_missing(study, "settings")
     diff = [f"{k}={have.get(k)!r} (here {v!r})" for k, v in settings.items() if have.get(k) != v]
     if diff:
         raise UserError(f"study {study.study_name!r} was made with other settings: {', '.join(diff)}; {hint}")
@@ -62,31 +72,24 @@ def _usable_run(client: MlflowClient, run_id: str, experiment_id: str) -> bool:
 
 
 def parent_run(client: MlflowClient, experiment_id: str, study: optuna.Study, created: bool,
-               params: dict[str, Any], note: str) -> str:
-    """The study's MLflow parent run: the creator makes it; every other worker finds the same one, by the
-    study's user attribute, else by its tag (bench.study = the study's name)."""
+               params: dict[str, Any], note: str, wait: float = SETTLE_SECONDS) -> str:
+    """The study's MLflow parent run: its creator makes it and records it on the study; every other worker
+    waits for that record (never makes one of its own, so a study has one parent run)."""
     name = study.study_name
-    if not created:
-        run_id = _wait_for_attr(study, PARENT_ATTR, 30.0)
-        if run_id is not None and _usable_run(client, run_id, experiment_id):
-            _mark_running(client, run_id)
-            return run_id
-    with lock_for(client.tracking_uri):
-        run_id = None if created else _find_parent(client, experiment_id, name)
-        if run_id is None:
-            run = client.create_run(experiment_id, run_name=name,
-                                    tags={STUDY_TAG: name, ROLE_TAG: "study", NOTE_TAG: note})
-            run_id = run.info.run_id
-            client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        study.set_user_attr(PARENT_ATTR, run_id)
+    if created:
+        run = client.create_run(experiment_id, run_name=name, tags={STUDY_TAG: name, ROLE_TAG: "study",
+                                                                    NOTE_TAG: note})
+        client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        study.set_user_attr(PARENT_ATTR, run.info.run_id)
+        return run.info.run_id
+    run_id = _wait_for_attr(study, PARENT_ATTR, wait)
+    if run_id is None:
+        raise _creator_missing(study, "MLflow parent run")
+    if not _usable_run(client, run_id, experiment_id):
+        raise UserError(f"the parent run {run_id} of study {name!r} is deleted or in another experiment; restore "
+                        "it (mlflow runs restore) or use another study name")
     _mark_running(client, run_id)
     return run_id
-
-
-def _find_parent(client: MlflowClient, experiment_id: str, name: str) -> str | None:
-    runs = client.search_runs([experiment_id], f"tags.`{STUDY_TAG}` = '{name}' and tags.`{ROLE_TAG}` = 'study'",
-                              order_by=["attributes.start_time ASC"], max_results=1)
-    return runs[0].info.run_id if runs else None
 
 
 def _mark_running(client: MlflowClient, run_id: str) -> None:

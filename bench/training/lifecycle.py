@@ -19,6 +19,7 @@ from bench.core.devices import resolve_device
 from bench.core.interrupts import graceful_interrupts
 from bench.core.splits import split_validation
 from bench.errors import NonFiniteLoss, UserError, first_line
+from bench.tracking.lookup import get_run
 from bench.tracking.mlflow_tracker import MlflowTracker
 from bench.tracking.names import EPOCHS_TAG, FAILURE_TAG
 from bench.tracking.store import open_store, ui_address
@@ -84,11 +85,7 @@ def resumed_run(client: MlflowClient, parser: argparse.ArgumentParser, args: arg
                 argv: list[str] | None) -> Job | None:
     """The run of --resume, ready to go on from its checkpoint (None: it has nothing left to do). Every check
     comes before the run is touched: a refused resume leaves it as it was."""
-    try:
-        run = client.get_run(args.resume)
-    except Exception:
-        raise UserError(f"no run with id {args.resume!r} in {client.tracking_uri}; "
-                        "give the id of a run made by bench.run") from None
+    run = get_run(client, args.resume)
     if fixed := given(parser, argv, FIXED_ON_RESUME):
         flags = ", ".join("--" + d.replace("_", "-") for d in fixed)
         raise UserError(f"--resume continues run {args.resume} with the settings it started with; drop {flags} "
@@ -148,9 +145,15 @@ def record_end(tracker: MlflowTracker, status: str, reason: str) -> None:
         print(f"{PROG}: could not mark run {tracker.run_id} {status} ({first_line(e)})", file=sys.stderr)
 
 
+def browse_hint(client: MlflowClient, experiment_id: str, run_id: str) -> str:
+    return f"browse it with `mlflow ui --backend-store-uri {client.tracking_uri}` at " \
+           f"{ui_address(client, experiment_id, run_id)}"
+
+
 def execute(tracker: MlflowTracker, variant: Variant, cfg: TrainConfig, data: Any,
-            start: dict[str, Any] | None, progress: bool, nll_samples: int = 0) -> int:
-    """Train under the tracker; whatever happens, the run ends recorded: FINISHED, FAILED or KILLED."""
+            start: dict[str, Any] | None, progress: bool, nll_samples: int = 0, hint: bool = True) -> int:
+    """Train under the tracker; whatever happens, the run ends recorded: FINISHED, FAILED or KILLED. ``hint``:
+    end with a line on how to browse the run (a sweep prints one for all its runs instead)."""
     from bench.evaluation.run_evaluation import (
         final_evaluation,  # here: it pulls in pandas and matplotlib (seconds at start-up)
     )
@@ -178,6 +181,6 @@ def execute(tracker: MlflowTracker, variant: Variant, cfg: TrainConfig, data: An
     except BaseException as e:
         record_end(tracker, "FAILED", f"{type(e).__name__}: {e}")
         raise
-    print(f"run {run_id} finished; browse it with `mlflow ui --backend-store-uri {tracker.client.tracking_uri}`"
-          f" at {ui_address(tracker.client, tracker.experiment_id, run_id)}")
+    if hint:
+        print(f"run {run_id} finished; {browse_hint(tracker.client, tracker.experiment_id, run_id)}")
     return 0
