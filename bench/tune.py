@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-after", type=nonneg_int, default=5, metavar="N",
                    help="median pruning starts once N trials have finished (default 5)")
     p.add_argument("--heartbeat", type=positive_int, default=10, metavar="SEC",
-                   help="RDB storages: a trial with no heartbeat for 2 x SEC is failed and queued again (10)")
+                   help="seconds between a worker's beats: a worker that cannot be checked otherwise (another "
+                        "machine) and has not beaten for 2 x SEC is taken as lost, its trial queued again (10)")
+    p.add_argument("--verbose", action="store_true", help="also print lost workers and this worker's overhead")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX files (default: bundled)")
     p.add_argument("--experiment", type=name_arg, default=DEFAULT_EXPERIMENT,
                    help=f"MLflow experiment ({DEFAULT_EXPERIMENT})")

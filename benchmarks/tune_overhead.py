@@ -22,9 +22,10 @@ from mlflow import MlflowClient
 
 def worker(args: list[str]) -> tuple[float, float, float, str]:
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "bench.tune", *args], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "bench.tune", "--verbose", *args], capture_output=True, text=True,
+                         check=True)
     wall = time.perf_counter() - t0
-    last = out.stdout.strip().splitlines()[-1]
+    last = next((x for x in reversed(out.stdout.splitlines()) if "in the training loop" in x), "")
     m = re.search(r"([\d.]+) s of it in the training loop \(tracking calls ([\d.]+) s", last)
     assert m, out.stdout[-2000:] + out.stderr[-2000:]
     return wall, float(m.group(1)), float(m.group(2)), last

@@ -15,20 +15,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
-import json
 import math
 import os
 import sys
-import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
 from mlflow import MlflowClient
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import Metric
+from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from bench.core.config import TrainConfig
@@ -40,6 +37,7 @@ from bench.errors import NonFiniteLoss
 from bench.sweeps import storage as stg
 from bench.sweeps import studies, workers
 from bench.sweeps.process import open_store_and_data, quiet_optuna, stopwatch
+from bench.sweeps.study_summary import OBJECTIVE, summarise
 from bench.tracking.mlflow_tracker import MlflowTracker
 from bench.tracking.names import FAILURE_TAG, PRUNED_TAG
 from bench.tracking.store import redact, resolve_tracking_uri, ui_address
@@ -49,7 +47,6 @@ from variants import search_space
 from variants.registry import REGISTRY, Variant
 
 PROG = "python -m bench.tune"
-OBJECTIVE = "val_loss"
 
 
 def process_seconds() -> float:
@@ -115,147 +112,100 @@ class TrialTracker:
 
 @dataclasses.dataclass
 class Worker:
-    """One bench.tune process: its study, its MLflow parent run, and the objective it runs trials with."""
+    """One bench.tune process: its study, its MLflow parent run, and its trials (ask, train, tell)."""
 
     client: MlflowClient
-    experiment_id: str
     experiment: str
     study: optuna.Study
+    storage: BaseStorage
     parent_id: str
     variant: Variant
     cfg: TrainConfig
     data: Any
-    on_stale: Any  # what to do with a trial whose worker died (bench.study.stale_trial_callback)
+    heartbeat: float
+    on_stale: workers.StaleCallback
     times: dict[str, float] = dataclasses.field(default_factory=dict)
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
 
-    def objective(self, trial: optuna.Trial) -> float:
-        trial.set_user_attr(workers.WORKER_ATTR, workers.WORKER)
+    def run_trials(self, n: int, timeout: float | None) -> None:
+        """Up to ``n`` trials (a retry queued for a lost worker first, else a new point from the sampler); no new
+        trial after ``timeout`` seconds."""
+        study_id = self.storage.get_study_id_from_name(self.study.study_name)
+        deadline = time.monotonic() + timeout if timeout else None
+        for k in range(1, n + 1):
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            trial = self.study.ask()
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            t0 = time.perf_counter()
+            with workers.Lease(self.storage, trial_id, self.heartbeat) as lease:
+                outcome = self.run_trial(trial, lease)
+            self.after_trial(trial.number, f"trial {trial.number} ({k}/{n}): {outcome} "
+                                           f"({time.perf_counter() - t0:.1f} s)")
+
+    def run_trial(self, trial: optuna.Trial, lease: workers.Lease) -> str:
+        """Train one trial's run; the trial ends COMPLETE, PRUNED or FAIL, and its run FINISHED, KILLED or
+        FAILED. Returns what happened, in words."""
         variant, overrides = search_space.suggest(trial, self.variant)
         cfg = dataclasses.replace(self.cfg, **overrides)
         tags = {**run_tags(variant), **studies.trial_run_tags(self.study, trial.number, self.parent_id)}
-        run = MlflowTracker.start(self.client, self.experiment, f"{run_name(variant, cfg)}-t{trial.number}",
+        # The trial number first: the runs table cuts long names at their end.
+        run = MlflowTracker.start(self.client, self.experiment, f"t{trial.number} {run_name(variant, cfg)}",
                                   run_params(variant, cfg, self.data.digest), tags=tags)
         trial.set_user_attr(workers.RUN_ATTR, run.run_id)
         run.log_dataset(DATA_NAME, self.data.digest, self.data.source, "train", self.data.test_x[:1].numpy())
         chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
-        prefix = f"trial {trial.number}"
-        tracker = TrialTracker(run, trial, cfg.epochs, self.times)
-        t0 = time.perf_counter()
+        leased = workers.LeasedTracker(run, lease)
+        tracker = TrialTracker(leased, trial, cfg.epochs, self.times)
         try:
             with stopwatch(self.times, "train"):
                 result = train(variant, cfg, self.data, tracker,
-                               log=lambda line: print(f"{prefix} {line}", flush=True))
+                               log=lambda line: print(f"trial {trial.number} {line}", flush=True))
+            value = result.history[-1][OBJECTIVE]
+            leased.value = lambda: value
+            leased.finish("FINISHED")  # the trial turns COMPLETE first, if it is still this worker's
         except optuna.TrialPruned as e:
-            run.set_tags({PRUNED_TAG: str(tracker.epoch), FAILURE_TAG: str(e)})
-            run.finish("KILLED")
-            self._count("pruned")
-            print(f"{prefix}: {e} [{chosen}] ({time.perf_counter() - t0:.1f} s)", flush=True)
-            raise
+            return self._end(trial, leased, TrialState.PRUNED, "KILLED", {PRUNED_TAG: str(tracker.epoch)}, e,
+                             f"pruned: {e} [{chosen}]")
         except NonFiniteLoss as e:
-            run.set_tags({FAILURE_TAG: str(e)})
-            run.finish("FAILED")
-            trial.set_user_attr("failure", str(e))
-            self._count("failed")
-            print(f"{prefix}: failed: {e} [{chosen}]", flush=True)
-            return float("nan")  # Optuna marks the trial FAIL; the study goes on
+            return self._end(trial, leased, TrialState.FAIL, "FAILED", {}, e, f"failed: {e} [{chosen}]")
+        except workers.LostTrial as e:
+            self._count("lost")
+            return str(e)
         except KeyboardInterrupt as e:
-            run.set_tags({FAILURE_TAG: f"interrupted ({e or 'SIGINT'})"})
-            run.finish("KILLED")
+            self._end(trial, leased, TrialState.FAIL, "KILLED", {}, f"interrupted ({e or 'SIGINT'})", "")
             raise
         except BaseException as e:
-            run.set_tags({FAILURE_TAG: f"{type(e).__name__}: {e}"})
-            run.finish("FAILED")
+            self._end(trial, leased, TrialState.FAIL, "FAILED", {}, f"{type(e).__name__}: {e}", "")
             raise
-        value = result.history[-1][OBJECTIVE]
-        run.finish("FINISHED")
         self._count("complete")
-        print(f"{prefix}: {OBJECTIVE} {value:.3f} [{chosen}] ({time.perf_counter() - t0:.1f} s)", flush=True)
-        return value
+        return f"{OBJECTIVE} {value:.3f} [{chosen}]"
+
+    def _end(self, trial: optuna.Trial, run: workers.LeasedTracker, state: TrialState, status: str,
+             tags: dict[str, str], why: object, outcome: str) -> str:
+        run.set_tags({**tags, FAILURE_TAG: str(why)})
+        run.finish(status)
+        if not run.lease.lost:
+            self.study.tell(trial, state=state, skip_if_finished=True)
+        self._count(state.name.lower())
+        return outcome
 
     def _count(self, key: str) -> None:
         self.counts[key] = self.counts.get(key, 0) + 1
 
-    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """The parent's best_value after each trial (a curve in the parent's metrics); trials of dead workers
-        on this machine are failed and queued again (journal storages have no heartbeat to do it)."""
-        workers.fail_dead_trials(study, self.on_stale)
-        if trial.state != TrialState.COMPLETE:
-            return
+    def after_trial(self, number: int, line: str) -> None:
+        """The trial's line with the best value so far (also a curve in the parent's metrics); the trials of lost
+        workers are failed and queued again."""
+        workers.fail_lost_trials(self.study, self.storage, self.on_stale)
         try:
-            best = study.best_value
+            best = self.study.best_trial
         except ValueError:
+            print(f"{line}; no trial complete yet", flush=True)
             return
-        self.client.log_batch(self.parent_id, metrics=[Metric("best_value", best, int(time.time() * 1000),
-                                                              trial.number)])
-
-    def summarise(self, plots: bool) -> None:
-        """Best value and params, trial counts and (``plots``) the study's plots, on the parent run."""
-        trials = self.study.get_trials(deepcopy=False)
-        states = {s: sum(t.state == s for t in trials) for s in TrialState}
-        now = int(time.time() * 1000)
-        metrics = [Metric(f"trials_{s.name.lower()}", n, now, 0) for s, n in states.items()
-                   if s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
-        tags: list[RunTag] = []
-        best = None
-        with_value = [t for t in trials if t.state == TrialState.COMPLETE]
-        if with_value:
-            best = min(with_value, key=lambda t: t.value)
-            metrics.append(Metric("best_value", best.value, now, best.number))
-            tags += [RunTag("best.trial", str(best.number)),
-                     RunTag("best.run_id", str(best.user_attrs.get(workers.RUN_ATTR))),
-                     *(RunTag(f"best.{k}", str(v)) for k, v in best.params.items())]
-        self.client.log_batch(self.parent_id, metrics=metrics, tags=tags)
-        with tempfile.TemporaryDirectory(prefix="vae-bench-study-") as tmp:
-            if best is not None:
-                path = Path(tmp) / "best_params.json"
-                path.write_text(json.dumps({"trial": best.number, OBJECTIVE: best.value, "params": best.params,
-                                            "run_id": best.user_attrs.get(workers.RUN_ATTR)}, indent=2))
-                self.client.log_artifact(self.parent_id, str(path))
-            for path in plot_study(self.study, Path(tmp)) if plots else []:
-                self.client.log_artifact(self.parent_id, str(path), "plots")
-        if best is not None:
-            print(f"study {self.study.study_name}: best {OBJECTIVE} {best.value:.3f} (trial {best.number}: "
-                  f"{best.params})")
-
-
-def plot_study(study: optuna.Study, folder: Path) -> list[Path]:
-    """Optimisation history, parameter importances and intermediate values, as PNG files (those that apply)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if "optuna.importance" not in sys.modules and "sklearn" not in sys.modules:
-        # optuna.importance imports scikit-learn (about 2 s) for its fANOVA evaluator alone; the default one,
-        # PED-ANOVA, needs none. Hide it for this one import, which tolerates its absence.
-        sys.modules["sklearn"] = None  # type: ignore[assignment]
-        try:
-            importlib.import_module("optuna.importance")
-        finally:
-            del sys.modules["sklearn"]
-    from optuna.visualization import matplotlib as ovm
-
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    plots = {"optimization_history": ovm.plot_optimization_history,
-             "intermediate_values": ovm.plot_intermediate_values}
-    if len(complete) >= 2:
-        plots["param_importances"] = ovm.plot_param_importances
-    paths = []
-    for name, plot in plots.items():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                ax = plot(study)
-        except (ValueError, RuntimeError, ZeroDivisionError) as e:  # e.g. too few trials, a constant param
-            print(f"(no {name} plot: {e})", file=sys.stderr)
-            continue
-        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-        path = folder / f"{name}.png"
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        paths.append(path)
-    return paths
+        print(f"{line}; best {OBJECTIVE} {best.value:.3f} (trial {best.number})", flush=True)
+        if best.number <= number:
+            self.client.log_batch(self.parent_id, metrics=[Metric("best_value", best.value,
+                                                                  int(time.time() * 1000), number)])
 
 
 def tune(args: argparse.Namespace) -> int:
@@ -271,46 +221,51 @@ def tune(args: argparse.Namespace) -> int:
     quiet_optuna()
     client, experiment_id, data = open_store_and_data(args.tracking_uri, args.experiment, args.data_dir)
     split_validation(data, cfg)  # a validation split that leaves no training images is a user error, now
-    on_stale = workers.stale_trial_callback(client)
+    on_stale = workers.stale_trial_callback(client, print if args.verbose else lambda line: None)
     spec = args.storage or stg.default_storage(client.tracking_uri)
-    storage = stg.open_storage(spec, args.heartbeat, on_stale)
+    storage = stg.open_storage(spec)
     sampler = optuna.samplers.TPESampler()  # unseeded: workers must not all propose the same points
     pruner = optuna.pruners.MedianPruner(n_startup_trials=args.prune_after)
     study, created = stg.create_or_load(name, storage, sampler, pruner)
+    if created:
+        study.set_metric_names([OBJECTIVE])  # optuna-dashboard names the objective by it
     settings = study_settings(variant, cfg, data.digest)
     studies.agree_settings(study, settings, created, "give the same settings or another --study-name")
     parent_params = {**settings, "storage": redact(spec), "sampler": "TPESampler",
                      "pruner": f"MedianPruner(n_startup_trials={args.prune_after})", "direction": "minimize",
                      "search_space": "; ".join(d.describe() for d in search_space.dimensions(variant))}
     parent_id = studies.parent_run(client, experiment_id, study, created, parent_params,
-                              f"Optuna study {name}: {REGISTRY[variant.name].description}")
+                                   f"Optuna study {name}: {REGISTRY[variant.name].description}")
     print(f"study {name} ({'created' if created else 'joined'}) on {redact(spec)}; parent run {parent_id} "
           f"at {ui_address(client, experiment_id, parent_id)}", flush=True)
-    worker = Worker(client, experiment_id, args.experiment, study, parent_id, variant, cfg, data, on_stale)
-    workers.clean_up(client, experiment_id, study, on_stale)
+    worker = Worker(client, args.experiment, study, storage, parent_id, variant, cfg, data, args.heartbeat,
+                    on_stale)
+    workers.clean_up(client, study, storage, on_stale)
     status = 0
     try:
         if args.trials:
             with graceful_interrupts():
-                study.optimize(worker.objective, n_trials=args.trials, timeout=args.timeout,
-                               callbacks=[worker.after_trial])
+                worker.run_trials(args.trials, args.timeout)
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; the running trial's run is KILLED", file=sys.stderr)
         status = 130
     finally:
-        workers.clean_up(client, experiment_id, study, on_stale)
+        workers.clean_up(client, study, storage, on_stale)
         # The worker that leaves no trial running or waiting ends the study: it draws the plots (a few seconds,
         # once per study) and ends the parent run. Others only update the best value and counts.
         last = studies.study_done(study)
-        worker.summarise(plots=last and args.trials > 0)
+        summarise(client, study, parent_id, plots=last and args.trials > 0)
         if last:
             client.set_terminated(parent_id, "FINISHED")
         stg.close_storage(storage)
-    # Time outside the training loop (start-up, Optuna, MLflow, plots) as a share of this worker's wall time;
-    # MLflow and Optuna calls from inside the loop (metrics, images, pruning) are shown apart.
-    wall, training = process_seconds(), worker.times.get("train", 0.0)
-    counts = ", ".join(f"{n} {k}" for k, n in worker.counts.items()) or "no trials"
-    print(f"worker {workers.WORKER}: {counts} in {wall:.1f} s, {training:.1f} s of it in the training loop "
-          f"(tracking calls {worker.times.get('tracking', 0.0):.1f} s of those); outside it {wall - training:.1f} s "
-          f"({100 * (1 - training / wall):.1f}%)")
+    if args.verbose:
+        # Time outside the training loop (start-up, Optuna, MLflow, plots) as a share of this worker's wall time;
+        # MLflow and Optuna calls from inside the loop (metrics, images, pruning) are shown apart.
+        wall, training = process_seconds(), worker.times.get("train", 0.0)
+        counts = ", ".join(f"{n} {k}" for k, n in worker.counts.items()) or "no trials"
+        print(f"worker {workers.short(workers.WORKER)}: {counts} in {wall:.1f} s, {training:.1f} s of it in the "
+              f"training loop (tracking calls {worker.times.get('tracking', 0.0):.1f} s of those); outside it "
+              f"{wall - training:.1f} s ({100 * (1 - training / wall):.1f}%)")
+    print(f"browse the study with `optuna-dashboard {spec}` (pip install optuna-dashboard), its runs at "
+          f"{ui_address(client, experiment_id, parent_id)}")
     return status

@@ -146,7 +146,8 @@ def stale_trial_callback(client: MlflowClient, say: Callable[[str], None] = prin
         worker = short(trial.user_attrs.get(WORKER_ATTR, "unknown worker"))
         will = len(trial.system_attrs.get("retry_history", [])) < MAX_RETRY
         what = "queued again" if will else f"not retried (already retried {MAX_RETRY} times)"
-        why = f"worker {worker} lost (gone, or silent for too long); Optuna trial {trial.number} marked FAIL, {what}"
+        why = (f"worker {worker} died mid-trial (or fell silent for too long); Optuna trial {trial.number} marked "
+               f"FAIL, {what}")
         end_lost_run(client, trial.user_attrs.get(RUN_ATTR), why)
         retry_trial(study, trial)
         say(f"trial {trial.number}: its worker {worker} was lost; marked FAIL, {what}")
