@@ -98,3 +98,22 @@ def test_bad_lists_are_one_line_and_exit_2(tracking_uri: str, capsys, flag: str,
     err = capsys.readouterr().err
     assert status == 2 and "Traceback" not in err
     assert message in err.strip().splitlines()[-1]
+
+
+def test_a_run_resumed_to_more_epochs_is_a_cell_of_its_new_target(tracking_uri: str, capsys) -> None:
+    """A 1-epoch run resumed to 2 epochs keeps params.epochs=1 (params are immutable) and the tag
+    bench.epochs_target=2: it is the 2-epoch cell, not the 1-epoch one."""
+    from bench import run
+
+    common = ["--variant", "sgvb_b", "--latent", "2", "--limit-train", "100", "--no-progress",
+              "--tracking-uri", tracking_uri]
+    assert run.main([*common, "--epochs", "1"]) == 0
+    (made,) = finished_runs(tracking_uri)
+    assert run.main(["--resume", made.info.run_id, "--epochs", "2", "--tracking-uri", tracking_uri]) == 0
+    capsys.readouterr()
+    cell = ["--variants", "sgvb_b", "--latents", "2", "--limit-train", "100", "--tracking-uri", tracking_uri,
+            "--dry-run"]
+    assert grid.main([*cell, "--epochs", "1"]) == 0
+    assert "1 combinations, 0 already finished, 1 to run" in capsys.readouterr().out
+    assert grid.main([*cell, "--epochs", "2"]) == 0
+    assert "1 combinations, 1 already finished, 0 to run" in capsys.readouterr().out
