@@ -16,7 +16,7 @@ from bench import grid
 from bench.cli import main_guard
 from bench.reporting import data as report_data
 from bench.sweeps.queue import CELL_ATTR
-from bench.tracking.names import SWEEP_TAG
+from bench.tracking.names import ROLE_TAG, SWEEP_TAG, TRIAL_TAG
 from tests.conftest import REPO
 
 TINY = ["--epochs", "1", "--limit-train", "100"]
@@ -28,10 +28,13 @@ def finished_runs(tracking_uri: str) -> list:
     return [] if exp is None else client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")
 
 
-def test_a_failed_combination_is_queued_again_by_the_next_call(tmp_path: Path, tracking_uri: str) -> None:
+def test_a_failed_combination_is_queued_again_by_the_next_call(tmp_path: Path, tracking_uri: str, capsys) -> None:
     args = ["--variants", "sgvb_b", "--latents", "2", "--lr", "1e-3,1e3", "--batch-size", "32", *TINY,
             "--tracking-uri", tracking_uri]
     assert grid.main(args) == 1  # lr 1e3 diverges: that run FAILED, the other FINISHED
+    out = capsys.readouterr().out
+    assert "run 1/2 sgvb_b-z2-L1-s1 (ETA after the first run)" in out and "run 2/2 sgvb_b-z2-L1-s1 (ETA " in out
+    assert out.count("browse it with") == 1  # one hint for the sweep, not one per run
     assert len(finished_runs(tracking_uri)) == 1
     assert grid.main(args) == 1  # queued again (and fails again); the finished one is not rerun
     client = MlflowClient(tracking_uri)
@@ -45,6 +48,8 @@ def test_a_failed_combination_is_queued_again_by_the_next_call(tmp_path: Path, t
     assert sorted(t.state.name for t in trials) == ["COMPLETE", "FAIL", "FAIL"]
     assert grid.main(args) == 1  # failed twice with NaN: not run a third time, and said so
     assert len(client.search_runs([client.get_experiment_by_name("vae-bench").experiment_id])) == 3
+    assert "failed 2 times with a non-finite loss" in capsys.readouterr().out
+    assert not any(k in r.data.tags for r in runs for k in (ROLE_TAG, TRIAL_TAG))  # grid runs are not trials
 
 
 def test_two_processes_split_a_2x2x1_grid_and_a_second_call_adds_none(tmp_path: Path, capsys) -> None:

@@ -68,6 +68,7 @@ def test_five_trial_study_nests_its_runs_under_one_parent(tmp_path: Path, tracki
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"  # the default: beside the MLflow store
     study = optuna.load_study(study_name="tune-sgvb_b-z5-e2-n200", storage=storage)
     assert len(study.trials) == 5
+    assert study.metric_names == ["val_loss"]  # what optuna-dashboard calls the objective
     assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
 
     parent, children = runs_of(tracking_uri)
@@ -86,6 +87,7 @@ def test_five_trial_study_nests_its_runs_under_one_parent(tmp_path: Path, tracki
         run = by_trial[t.number]
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert t.user_attrs[RUN_ATTR] == run.info.run_id
+        assert run.info.run_name == f"t{t.number} sgvb_b-z5-L1-s1"  # the number first: never cut off
         assert float(run.data.params["lr"]) == pytest.approx(t.params["lr"])
         assert run.data.params["batch_size"] == str(t.params["batch_size"])
         assert run.data.params["validation"] == "500"
