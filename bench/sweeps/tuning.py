@@ -266,6 +266,7 @@ def tune(args: argparse.Namespace) -> int:
         print(f"worker {workers.short(workers.WORKER)}: {counts} in {wall:.1f} s, {training:.1f} s of it in the "
               f"training loop (tracking calls {worker.times.get('tracking', 0.0):.1f} s of those); outside it "
               f"{wall - training:.1f} s ({100 * (1 - training / wall):.1f}%)")
-    print(f"browse the study with `optuna-dashboard {spec}` (pip install optuna-dashboard), its runs at "
+    print(f"browse the study with `optuna-dashboard {redact(stg.postgres_driver(spec))}` (pip install "
+          "optuna-dashboard), its runs at "
           f"{ui_address(client, experiment_id, parent_id)}")
     return status
