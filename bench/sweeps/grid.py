@@ -49,7 +49,8 @@ ABOUT = ("bookkeeping of bench.grid: one trial per cell to run, its value the ru
 
 
 def study_name(sweep: str, ghash: str) -> str:
-    return f"bench.grid bookkeeping {sweep} {ghash}"
+    """Named for what it is; the grid's hash tells two grids under one --sweep id apart."""
+    return f"bench.grid bookkeeping {sweep}" + ("" if sweep.endswith(ghash) else f" {ghash}")
 
 
 def _duration(seconds: float) -> str:
