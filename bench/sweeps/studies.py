@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from bench.errors import UserError
 from bench.tracking.names import NOTE_TAG, PARENT_TAG, ROLE_TAG, STUDY_TAG, TRIAL_TAG
+from bench.tracking.provenance import provenance_tags
 from bench.tracking.store import lock_for
 
 SETTINGS_ATTR = "bench.settings"  # study user attribute: what every worker of the study must agree on
@@ -75,7 +76,7 @@ def parent_run(client: MlflowClient, experiment_id: str, study: optuna.Study, cr
         run_id = None if created else _find_parent(client, experiment_id, name)
         if run_id is None:
             run = client.create_run(experiment_id, run_name=name,
-                                    tags={STUDY_TAG: name, ROLE_TAG: "study", NOTE_TAG: note})
+                                    tags={**provenance_tags(), STUDY_TAG: name, ROLE_TAG: "study", NOTE_TAG: note})
             run_id = run.info.run_id
             client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
         study.set_user_attr(PARENT_ATTR, run_id)

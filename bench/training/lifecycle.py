@@ -21,7 +21,7 @@ from bench.core.splits import split_validation
 from bench.errors import NonFiniteLoss, UserError, first_line
 from bench.tracking.mlflow_tracker import MlflowTracker
 from bench.tracking.names import EPOCHS_TAG, FAILURE_TAG
-from bench.tracking.store import open_store, ui_address
+from bench.tracking.store import browse_hint, open_store
 from bench.training.identity import restore, run_name, run_params, run_tags
 from bench.training.loop import train
 from variants.registry import REGISTRY, Variant, get_variant
@@ -178,6 +178,5 @@ def execute(tracker: MlflowTracker, variant: Variant, cfg: TrainConfig, data: An
     except BaseException as e:
         record_end(tracker, "FAILED", f"{type(e).__name__}: {e}")
         raise
-    print(f"run {run_id} finished; browse it with `mlflow ui --backend-store-uri {tracker.client.tracking_uri}`"
-          f" at {ui_address(tracker.client, tracker.experiment_id, run_id)}")
+    print(f"run {run_id} finished; {browse_hint(tracker.client, tracker.experiment_id, run_id)}")
     return 0
