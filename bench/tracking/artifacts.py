@@ -59,3 +59,6 @@ def register() -> None:
     from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry
 
     _artifact_repository_registry.register(SCHEME, repository)
+
+
+register()  # on import of bench.tracking (its __init__ imports this module)

@@ -28,8 +28,6 @@ UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 CLASSIC_VIEW = "workflowType=machine_learning"  # MLflow 3.17 opens runs in its GenAI view without it
 SLUG_MAX = 64  # an artifact folder per experiment: long names are cut (and told apart by a hash) below NAME_MAX
 
-artifacts.register()
-
 __all__ = ["sqlite_path", "ARTIFACTS_DIR"]
 
 
