@@ -11,7 +11,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from filelock import FileLock
@@ -102,7 +102,7 @@ def open_store(uri: str | None, existing: bool = False, read_only: bool = False)
     db = check_sqlite(uri, existing=existing, read_only=read_only)
     try:
         check_database(uri)
-        with lock_for(uri):
+        with nullcontext() if read_only else lock_for(uri):  # no lock file can be made in a read-only folder
             client = MlflowClient(uri)
             client.search_experiments(max_results=1)  # creates and migrates the schema
     except MlflowException as e:
