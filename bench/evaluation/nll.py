@@ -35,7 +35,7 @@ class NLLResult:
     log_px: Tensor  # L_K(x) per image, float64 [N]
 
     def metrics(self) -> dict[str, float]:
-        return {"test_nll": self.nll, "test_nll_stderr": self.stderr, "nll_samples": float(self.samples)}
+        return {"test_nll": self.nll, "test_nll_stderr": self.stderr}  # K is a setting, logged as a param and tag
 
 
 def log_weights(model: nn.Module, x: Tensor, mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:

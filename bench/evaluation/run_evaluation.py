@@ -3,7 +3,8 @@ after its last epoch.
 
 Always: ``active_units`` (Burda et al.'s rule) and the KL per latent dimension (evaluation/kl_per_dim.*);
 for 2-D latents the test set's scatter and the 20x20 learned manifold. With K > 0 importance samples,
-``test_nll`` (the K-sample IWAE bound, bench.evaluation.nll), ``test_nll_stderr`` and ``nll_samples``. With
+``test_nll`` (the K-sample IWAE bound, bench.evaluation.nll) and ``test_nll_stderr``, with K as the param
+``nll_samples`` (the first K) and the tag ``bench.nll_samples.step<N>`` (every K used at that step). With
 gradient variance, gradvar_* / gradsnr_* for every estimator (bench.evaluation.gradvar) and evaluation/gradvar.*.
 The test set is binarised as the run's training was (its ``binarize`` param). Only MlflowClient calls
 write to the run, so its status (FINISHED, FAILED, KILLED) stays as it was.
@@ -46,6 +47,7 @@ def evaluate_model(model: nn.Module, test_x: Tensor, test_y: Tensor, tracker: Tr
     """Compute, log to ``tracker`` (metrics at ``step``, files under evaluation/) and return the metrics."""
     model.eval()
     metrics: dict[str, float] = {}
+    settings: dict[str, int] = {}  # params/tags, not charts: the K of each test_nll, the R of each variance
     with tempfile.TemporaryDirectory(prefix="vae-bench-eval-") as tmp:
         folder = Path(tmp)
         mu, logvar = latents.encoder_moments(model, test_x)
@@ -57,14 +59,14 @@ def evaluate_model(model: nn.Module, test_x: Tensor, test_y: Tensor, tracker: Tr
             files.append(latents.save_manifold(model, folder / "latent_manifold.png"))
         if nll_samples > 0:
             result = estimate_nll(model, test_x, nll_samples, progress=progress)
-            metrics.update(result.metrics())  # nll_samples among them: the K of each test_nll, step by step
-            tracker.log_new_params({"nll_samples": nll_samples})  # the contract's param: the K of the first one
+            metrics.update(result.metrics())
+            settings["nll_samples"] = nll_samples
             log(f"test NLL {result.nll:.3f} +- {result.stderr:.3f} nats ({nll_samples} importance samples, "
                 f"{len(test_x)} images)")
         if gradient_variance:
             stats = gradvar.measure_all(model, test_x[:gradvar.BATCH], repeats)
             metrics.update(gradvar.gradvar_metrics(stats))
-            metrics["gradvar_repeats"] = float(repeats)
+            settings["gradvar_repeats"] = repeats
             gtable = gradvar.gradvar_table(stats)
             files += [folder / "gradvar.csv", folder / "gradvar.md"]
             gtable.to_csv(files[-2], index=False)
@@ -75,6 +77,7 @@ def evaluate_model(model: nn.Module, test_x: Tensor, test_y: Tensor, tracker: Tr
         log(f"active units {int(metrics['active_units'])} of {model.latent}; "
             f"KL per dimension in {ARTIFACT_DIR}/kl_per_dim.md")
         tracker.log_metrics(metrics, step=step)
+        tracker.log_settings(settings, step)
         for path in files:
             tracker.log_artifact(path, ARTIFACT_DIR)
     return metrics

@@ -76,7 +76,7 @@ def render(data: ReportData, out: Path, date: str, figures: bool = True) -> str:
 def write_report(args: argparse.Namespace) -> int:
     """What ``python -m bench.report`` does with its arguments."""
     date = report_date(args.date)
-    client = open_store(args.tracking_uri, existing=True)
+    client = open_store(args.tracking_uri, existing=True, read_only=True)
     data = load(client, experiment=args.experiment, sweep=args.sweep)
     out = Path(args.out) if args.out else Path("reports") / slug(args.sweep or data.experiments[0])
     if out.exists() and not out.is_dir():

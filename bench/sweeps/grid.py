@@ -38,9 +38,9 @@ from bench.sweeps.cells import Cell, adopt, build_cells, finished_runs, grid_has
 from bench.sweeps.process import open_store_and_data, quiet_optuna
 from bench.tracking.mlflow_tracker import MlflowTracker
 from bench.tracking.names import FAILURE_TAG
-from bench.tracking.store import resolve_tracking_uri
+from bench.tracking.store import browse_hint, resolve_tracking_uri
 from bench.training.identity import run_params, run_tags
-from bench.training.lifecycle import browse_hint, execute
+from bench.training.lifecycle import execute
 
 PROG = "python -m bench.grid"
 METRIC = "run_seconds"  # the bookkeeping study's trial value: how long the cell's run took (never a test metric)

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from bench.errors import UserError
 from bench.tracking.names import NOTE_TAG, PARENT_TAG, ROLE_TAG, STUDY_TAG, TRIAL_TAG
+from bench.tracking.provenance import provenance_tags
 
 SETTINGS_ATTR = "bench.settings"  # study user attribute: what every worker of the study must agree on
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attribute: the study's MLflow parent run
@@ -77,8 +78,8 @@ def parent_run(client: MlflowClient, experiment_id: str, study: optuna.Study, cr
     waits for that record (never makes one of its own, so a study has one parent run)."""
     name = study.study_name
     if created:
-        run = client.create_run(experiment_id, run_name=name, tags={STUDY_TAG: name, ROLE_TAG: "study",
-                                                                    NOTE_TAG: note})
+        run = client.create_run(experiment_id, run_name=name, tags={**provenance_tags(), STUDY_TAG: name,
+                                                                    ROLE_TAG: "study", NOTE_TAG: note})
         client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         study.set_user_attr(PARENT_ATTR, run.info.run_id)
         return run.info.run_id

@@ -19,7 +19,8 @@ from mlflow.exceptions import MlflowException
 from torch import nn
 
 from bench.errors import UserError, first_line
-from bench.tracking.names import CHECKPOINT, FAILURE_TAG, MODEL_NAME
+from bench.tracking.names import CHECKPOINT, FAILURE_TAG, MODEL_NAME, SETTING_TAG
+from bench.tracking.provenance import provenance_tags
 from bench.tracking.store import fluent_tracking_uri, get_or_create_experiment, lock_for
 
 
@@ -38,8 +39,9 @@ class MlflowTracker:
     @classmethod
     def start(cls, client: MlflowClient, experiment: str, run_name: str, params: dict[str, Any],
               tags: dict[str, str] | None = None) -> MlflowTracker:
+        """A new run with its params, the given tags, and where its code came from (provenance_tags)."""
         exp_id = get_or_create_experiment(client, experiment)
-        run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
+        run = client.create_run(exp_id, run_name=run_name, tags={**provenance_tags(), **(tags or {})})
         tracker = cls(client, run.info.run_id)
         client.log_batch(tracker.run_id, params=[Param(k, param_value(v)) for k, v in params.items()])
         return tracker
@@ -58,6 +60,18 @@ class MlflowTracker:
         new = [Param(k, param_value(v)) for k, v in params.items() if k not in have]
         if new:
             self.client.log_batch(self.run_id, params=new)
+
+    def log_settings(self, settings: dict[str, Any], step: int) -> None:
+        """Settings of an evaluation logged at ``step`` (an NLL's K, a variance's repeats): params for the first
+        time (immutable, so the first value stays), and a tag per setting and step that lists each value used at
+        that step, in the order its metrics were logged, so any metric value can be traced to its setting."""
+        self.log_new_params(settings)
+        have = self.client.get_run(self.run_id).data.tags
+        tags = {}
+        for name, value in settings.items():
+            key = SETTING_TAG.format(name, step)
+            tags[key] = f"{have[key]},{param_value(value)}" if key in have else param_value(value)
+        self.set_tags(tags)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

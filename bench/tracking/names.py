@@ -10,6 +10,15 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "vae-bench"  # bench.run, bench.grid
 TUNE_EXPERIMENT = "vae-bench-tune"  # bench.tune: tuning runs (many, some pruned, chosen on validation) apart
 
+# Experiment descriptions (NOTE_TAG), set when an experiment is created
+EXPERIMENT_NOTES = {
+    DEFAULT_EXPERIMENT: "VAE variants on MNIST trained by bench.run and bench.grid: one run per variant, latent size "
+                        "and seed, compared on test -ELBO (test_loss). Grid runs carry bench.sweep.",
+    TUNE_EXPERIMENT: "Optuna tuning by bench.tune: one parent run per study (bench.role=study) and one nested run "
+                     "per trial, scored on validation loss.",
+}
+OTHER_EXPERIMENT_NOTE = "VAE variants on MNIST trained by vae-bench (bench.run, bench.grid or bench.tune)."
+
 # Tags on runs
 SWEEP_TAG = "bench.sweep"  # runs of one grid sweep share this tag's value; reports select by it
 MEMBER_TAG = "bench.in_sweep.{}"  # "true" on a run a sweep reused (finished earlier, in another sweep or none)
@@ -19,6 +28,8 @@ STUDY_TAG = "bench.study"  # on a study's parent run and on every trial's run: t
 ROLE_TAG = "bench.role"  # "study" (the parent run) or "trial"
 TRIAL_TAG = "bench.trial"  # the Optuna trial number of a trial's run
 PRUNED_TAG = "bench.pruned_epoch"  # the epoch at which the pruner stopped a trial
+SETTING_TAG = "bench.{}.step{}"  # the setting an evaluation at a step used, e.g. bench.nll_samples.step10 = "1000"
+# (a list "1000,5000" when that step was evaluated again: the i-th value of its metric came from the i-th setting)
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: a nested run's parent
 NOTE_TAG = "mlflow.note.content"  # MLflow's own: the description shown on a run's or experiment's page
 # Provenance: MLflow's own context tags, shown on a run's page, and whether the code had uncommitted changes

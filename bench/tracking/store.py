@@ -1,5 +1,6 @@
-"""The MLflow store: which one (URI resolution), opening it safely (reachability, one-time schema creation under
-a lock), its experiments, and the UI address of a run."""
+"""The MLflow store: which one (URI resolution), opening it safely (reachability, a sound SQLite file, one-time
+schema creation under a lock), its experiments (with artifacts the store's folder carries along when moved or
+copied, see bench.tracking.artifacts), and how to browse a run in the MLflow UI."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from filelock import FileLock
@@ -18,20 +19,21 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from bench.errors import UserError, first_line
-from bench.tracking.names import DEFAULT_TRACKING_URI
+from bench.tracking import artifacts
+from bench.tracking.artifacts import ARTIFACTS_DIR, sqlite_path
+from bench.tracking.names import DEFAULT_TRACKING_URI, EXPERIMENT_NOTES, NOTE_TAG, OTHER_EXPERIMENT_NOTE
+from bench.tracking.sqlite_checks import check_relocated, check_sqlite
 
-UI_ADDRESS = "http://127.0.0.1:5000"
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+CLASSIC_VIEW = "workflowType=machine_learning"  # MLflow 3.17 opens runs in its GenAI view without it
+SLUG_MAX = 64  # an artifact folder per experiment: long names are cut (and told apart by a hash) below NAME_MAX
+
+__all__ = ["sqlite_path", "ARTIFACTS_DIR"]
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (MLflow's default)."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-def sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///"):]).expanduser().resolve()
 
 
 def lock_for(uri: str) -> FileLock:
@@ -85,10 +87,11 @@ def redact(uri: str) -> str:
     return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", uri)
 
 
-def open_store(uri: str | None, existing: bool = False) -> MlflowClient:
+def open_store(uri: str | None, existing: bool = False, read_only: bool = False) -> MlflowClient:
     """A client for the store, created once under a file lock (MLflow 3.17 crashes when two processes
-    migrate a new SQLite store at once). Unreachable stores are user errors; so is a SQLite store that is not
-    there when ``existing`` (commands that only read or add to runs must not leave an empty store behind)."""
+    migrate a new SQLite store at once). Unreachable, malformed, damaged or unwritable stores are user errors; so
+    is a SQLite store that is not there when ``existing`` (commands that only read or add to runs must not leave an
+    empty store behind). ``read_only``: the command only reads (a report), so a read-only store is fine."""
     uri = resolve_tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
@@ -96,14 +99,10 @@ def open_store(uri: str | None, existing: bool = False) -> MlflowClient:
     if uri.startswith("file:") or "://" not in uri:
         raise UserError(f"tracking URI {uri!r} is a file store, which MLflow 3 no longer accepts by default; "
                         "use sqlite:///PATH.db, postgresql://... or http://HOST:PORT")
-    db = sqlite_path(uri)
-    if db is not None and not db.parent.is_dir():
-        raise UserError(f"folder {db.parent} for the tracking database does not exist")
-    if existing and db is not None and not db.exists():
-        raise UserError(f"there is no tracking store at {db}; give --tracking-uri the store of your runs")
+    db = check_sqlite(uri, existing=existing, read_only=read_only)
     try:
         check_database(uri)
-        with lock_for(uri):
+        with nullcontext() if read_only else lock_for(uri):  # no lock file can be made in a read-only folder
             client = MlflowClient(uri)
             client.search_experiments(max_results=1)  # creates and migrates the schema
     except MlflowException as e:
@@ -111,20 +110,36 @@ def open_store(uri: str | None, existing: bool = False) -> MlflowClient:
     except ModuleNotFoundError as e:  # e.g. postgresql:// wants psycopg 3; postgresql+psycopg2:// wants psycopg2
         raise UserError(f"tracking store {redact(uri)} needs the Python module {e.name!r}; install it, or name the "
                         "driver in the URI (postgresql+psycopg2://...)") from None
+    except Exception as e:  # SQLAlchemy or sqlite3 on a file that passed the quick check but still fails
+        if db is None:
+            raise
+        raise UserError(f"tracking store {db} cannot be opened ({first_line(e)})") from None
+    if db is not None:
+        check_relocated(client, db, slug)
     return client
 
 
+def slug(experiment: str) -> str:
+    """The experiment's artifact folder name: safe characters, at most SLUG_MAX of them."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment).strip("_.") or "experiment"
+    if len(name) > SLUG_MAX:
+        name = f"{name[:SLUG_MAX - 9]}-{hashlib.md5(experiment.encode()).hexdigest()[:8]}"
+    return name
+
+
 def artifact_root(uri: str, experiment: str) -> str | None:
-    """Artifacts of a SQLite store live beside the database, not in the working directory."""
-    db = sqlite_path(uri)
-    if db is None:
-        return None
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment).strip("_") or "experiment"
-    return (db.parent / "mlruns" / slug).as_uri()
+    """A SQLite store's experiments keep their artifacts in the store's folder, addressed relative to it
+    (``mlflow-artifacts:/SLUG``, resolved at open by bench.tracking.artifacts), not in the working directory.
+    Other stores: the server's or MLflow's choice."""
+    return None if sqlite_path(uri) is None else f"{artifacts.SCHEME}:/{slug(experiment)}"
 
 
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:
+    """The experiment's id, created (with its artifact root, UI kind and description) if new. A name MLflow would
+    refuse is a UserError, raised before any run is made."""
     uri = client.tracking_uri
+    if not name.strip():
+        raise UserError("--experiment must not be empty")
     with lock_for(uri):
         exp = client.get_experiment_by_name(name)
         if exp is not None:
@@ -132,11 +147,13 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
         try:
             return client.create_experiment(
                 name, artifact_location=artifact_root(uri, name),
-                tags={"mlflow.experimentKind": "custom_model_development"})
-        except MlflowException:  # created meanwhile by a process on another machine
+                tags={"mlflow.experimentKind": "custom_model_development",
+                      NOTE_TAG: EXPERIMENT_NOTES.get(name, OTHER_EXPERIMENT_NOTE)})
+        except MlflowException as e:  # a bad name, or created meanwhile by a process on another machine
             exp = client.get_experiment_by_name(name)
             if exp is None:
-                raise
+                raise UserError(f"experiment name {name[:40]!r}{'...' if len(name) > 40 else ''} cannot be used "
+                                f"({first_line(e)})") from None
             return exp.experiment_id
 
 
@@ -160,7 +177,27 @@ def fluent_tracking_uri(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = env
 
 
-def ui_address(client: MlflowClient, experiment_id: str, run_id: str) -> str:
-    uri = client.tracking_uri
+def ui_address(client: MlflowClient | str, experiment_id: str, run_id: str | None = None) -> str:
+    """The run's page (or the experiment's runs table) in MLflow's classic "Model training" view."""
+    uri = client if isinstance(client, str) else client.tracking_uri
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    page = f"runs/{run_id}" if run_id else "runs"
+    return f"{base}/#/experiments/{experiment_id}/{page}?{CLASSIC_VIEW}"
+
+
+def browse_hint(client: MlflowClient | str, experiment_id: str, run_id: str | None = None) -> str:
+    """How to see a run (or an experiment's runs) in the MLflow UI: "browse it ... at ADDRESS". A tracking server
+    is its own UI; a SQLite store is served by `mlflow ui` with the store's artifacts folder (bare `mlflow ui` when
+    started in the store's folder); another database by `mlflow ui --backend-store-uri`."""
+    uri = client if isinstance(client, str) else client.tracking_uri
+    address = ui_address(uri, experiment_id, run_id)
+    if uri.startswith(("http://", "https://")):
+        return f"browse it at {address}"
+    db = sqlite_path(uri)
+    if db is None:
+        command = f"mlflow ui --backend-store-uri {redact(uri)}"
+    elif db == Path.cwd().resolve() / "mlflow.db":
+        command = "mlflow ui"
+    else:
+        command = f"mlflow ui --backend-store-uri sqlite:///{db} --artifacts-destination {db.parent / ARTIFACTS_DIR}"
+    return f"browse it with `{command}` at {address}"

@@ -14,6 +14,8 @@ class Tracker(Protocol):
 
     def log_new_params(self, params: dict[str, Any]) -> None: ...
 
+    def log_settings(self, settings: dict[str, Any], step: int) -> None: ...
+
     def log_artifact(self, path: Path, artifact_dir: str) -> None: ...
 
     def save_checkpoint(self, state: dict[str, Any]) -> None: ...
@@ -28,6 +30,9 @@ class NullTracker:
         pass
 
     def log_new_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_settings(self, settings: dict[str, Any], step: int) -> None:
         pass
 
     def log_artifact(self, path: Path, artifact_dir: str) -> None:
@@ -46,6 +51,7 @@ class MemoryTracker(NullTracker):
     def __init__(self) -> None:
         self.metrics: dict[int, dict[str, float]] = {}
         self.params: dict[str, Any] = {}
+        self.settings: dict[int, dict[str, list[Any]]] = {}  # step -> setting -> every value used at that step
         self.artifacts: list[str] = []
         self.checkpoint: dict[str, Any] | None = None
         self.model: nn.Module | None = None
@@ -56,6 +62,11 @@ class MemoryTracker(NullTracker):
     def log_new_params(self, params: dict[str, Any]) -> None:
         for k, v in params.items():
             self.params.setdefault(k, v)
+
+    def log_settings(self, settings: dict[str, Any], step: int) -> None:
+        self.log_new_params(settings)
+        for k, v in settings.items():
+            self.settings.setdefault(step, {}).setdefault(k, []).append(v)
 
     def log_artifact(self, path: Path, artifact_dir: str) -> None:
         self.artifacts.append(f"{artifact_dir}/{Path(path).name}")

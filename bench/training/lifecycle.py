@@ -22,7 +22,7 @@ from bench.errors import NonFiniteLoss, UserError, first_line
 from bench.tracking.lookup import get_run
 from bench.tracking.mlflow_tracker import MlflowTracker
 from bench.tracking.names import EPOCHS_TAG, FAILURE_TAG
-from bench.tracking.store import open_store, ui_address
+from bench.tracking.store import browse_hint, open_store
 from bench.training.identity import restore, run_name, run_params, run_tags
 from bench.training.loop import train
 from variants.registry import REGISTRY, Variant, get_variant
@@ -143,11 +143,6 @@ def record_end(tracker: MlflowTracker, status: str, reason: str) -> None:
         tracker.finish(status)
     except Exception as e:
         print(f"{PROG}: could not mark run {tracker.run_id} {status} ({first_line(e)})", file=sys.stderr)
-
-
-def browse_hint(client: MlflowClient, experiment_id: str, run_id: str) -> str:
-    return f"browse it with `mlflow ui --backend-store-uri {client.tracking_uri}` at " \
-           f"{ui_address(client, experiment_id, run_id)}"
 
 
 def execute(tracker: MlflowTracker, variant: Variant, cfg: TrainConfig, data: Any,

@@ -50,7 +50,9 @@ def test_bench_run_evaluates_at_the_end_of_training(trained: tuple[str, str], tm
     uri, run_id = trained
     client = MlflowClient(uri)
     m = client.get_run(run_id).data.metrics
-    assert m["nll_samples"] == 5 and client.get_run(run_id).data.params["nll_samples"] == "5"
+    run = client.get_run(run_id)
+    assert "nll_samples" not in m  # a setting: the param (the first K) and the tag of its step, never a chart
+    assert run.data.params["nll_samples"] == "5" and run.data.tags["bench.nll_samples.step1"] == "5"
     assert math.isfinite(m["test_nll"]) and m["test_nll_stderr"] > 0
     assert m["test_nll"] < m["test_loss"] + 0.5  # the K-sample bound is tighter than the ELBO (same test set)
     assert m["active_units"] in (0.0, 1.0, 2.0)
@@ -74,8 +76,11 @@ def test_cli_logs_into_the_run_and_leaves_its_status(trained: tuple[str, str], s
     run = client.get_run(run_id)
     assert run.info.status == status
     m = run.data.metrics
-    assert m["nll_samples"] == 20
+    assert "nll_samples" not in m and "gradvar_repeats" not in m
     assert run.data.params["nll_samples"] == "5"  # the param is the K of the run's first test_nll (bench.run's)
+    ks = run.data.tags["bench.nll_samples.step1"].split(",")  # every K at this step, in the order of test_nll's values
+    history = client.get_metric_history(run_id, "test_nll")
+    assert ks[0] == "5" and ks[-1] == "20" and len(ks) == len(history)
     assert m["active_units"] == int(m["active_units"]) and 0 <= m["active_units"] <= 2
     # The test set is binarised as in training (the run's binarize param is dynamic): recompute independently.
     model = load_run_model(client, run_id)
@@ -87,6 +92,7 @@ def test_cli_logs_into_the_run_and_leaves_its_status(trained: tuple[str, str], s
     assert files >= KL_FILES | PICTURES
     if gradvar:
         assert {"evaluation/gradvar.csv", "evaluation/gradvar.md"} <= files
+        assert run.data.params["gradvar_repeats"] == "5" and run.data.tags["bench.gradvar_repeats.step1"] == "5"
         for est in ("sgvb_a", "sgvb_b", "score_function", "iwae", "sgvb_a_L16", "sgvb_b_L4"):
             assert m[f"gradvar_encoder_{est}"] > 0 and m[f"gradvar_decoder_{est}"] > 0
             assert f"gradsnr_encoder_{est}" in m

@@ -27,9 +27,22 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
 from bench.core.data import MNIST
 from bench.errors import UserError
+from bench.tracking.artifacts import ARTIFACTS_DIR, local_artifacts
 from bench.tracking.mlflow_tracker import MlflowTracker
-from bench.tracking.names import CHECKPOINT, DEFAULT_TRACKING_URI
-from bench.tracking.store import open_store, resolve_tracking_uri, sqlite_path
+from bench.tracking.names import (
+    CHECKPOINT,
+    DEFAULT_EXPERIMENT,
+    DEFAULT_TRACKING_URI,
+    EXPERIMENT_NOTES,
+    GIT_COMMIT_TAG,
+    GIT_DIRTY_TAG,
+    NOTE_TAG,
+    OTHER_EXPERIMENT_NOTE,
+    SOURCE_NAME_TAG,
+    SOURCE_TYPE_TAG,
+    USER_TAG,
+)
+from bench.tracking.store import open_store, resolve_tracking_uri
 from tests.conftest import REPO
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -53,13 +66,15 @@ class Tracked:
     decoy: Path  # the store named by MLFLOW_TRACKING_URI for the other process, which passed --tracking-uri
 
 
-def local_path(uri: str) -> Path:
-    return Path(url2pathname(urlparse(uri).path))
+def local_path(uri: str, tracking_uri: str) -> Path:
+    """Where an artifact URI of the store lives on disk (store-relative ``mlflow-artifacts:/`` or ``file://``)."""
+    return local_artifacts(uri, tracking_uri) or Path(url2pathname(urlparse(uri).path))
 
 
 def start(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """bench.run from ``cwd``, importing this checkout's bench (not whichever one is installed)."""
     return subprocess.Popen([sys.executable, "-m", "bench.run", *args], cwd=cwd, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", **ONE_THREAD, **env},
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), **ONE_THREAD, **env},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -133,7 +148,12 @@ def test_stdout_has_the_seeds_epoch_lines_and_the_ui_address(tracked: Tracked) -
     out = tracked.proc.stdout
     for epoch in range(1, EPOCHS + 1):
         assert f"====> Epoch: {epoch} Average loss: " in out
-    assert f"#/experiments/{tracked.run.info.experiment_id}/runs/{tracked.run.info.run_id}" in out
+    info = tracked.run.info
+    # The classic "Model training" run page (MLflow 3.17 opens the GenAI view without the query), served by
+    # `mlflow ui` given the store and its artifacts folder.
+    assert (f"browse it with `mlflow ui --backend-store-uri {tracked.uri} --artifacts-destination "
+            f"{tracked.store / ARTIFACTS_DIR}` at http://127.0.0.1:5000/#/experiments/{info.experiment_id}/runs/"
+            f"{info.run_id}?workflowType=machine_learning") in out
     assert "Traceback" not in tracked.proc.stderr
 
 
@@ -154,7 +174,7 @@ def test_artifacts_images_and_one_checkpoint(tracked: Tracked) -> None:
 def test_image_artifacts_are_pngs_of_the_seeds_grids(tracked: Tracked) -> None:
     from PIL import Image
 
-    root = local_path(tracked.run.info.artifact_uri)
+    root = local_path(tracked.run.info.artifact_uri, tracked.uri)
     with Image.open(root / "images" / "reconstruction_001.png") as im:
         w, h = im.size
     assert (w, h) == (8 * 28 + 9 * 2, 2 * 28 + 3 * 2)  # 8 digits above their reconstructions, torchvision padding
@@ -164,13 +184,14 @@ def test_image_artifacts_are_pngs_of_the_seeds_grids(tracked: Tracked) -> None:
 
 def test_artifacts_live_beside_the_database_not_in_the_working_directory(tracked: Tracked) -> None:
     experiment = tracked.client.get_experiment(tracked.run.info.experiment_id)
-    location = local_path(experiment.artifact_location)
-    assert location.is_relative_to(tracked.store / "mlruns")
-    artifacts = local_path(tracked.run.info.artifact_uri)
-    assert artifacts.is_relative_to(tracked.store / "mlruns")
+    assert experiment.artifact_location == "mlflow-artifacts:/vae-bench"  # relative to the store: it can move
+    assert tracked.run.info.artifact_uri.startswith("mlflow-artifacts:/vae-bench/")
+    artifacts = local_path(tracked.run.info.artifact_uri, tracked.uri)
+    assert artifacts.is_relative_to(tracked.store / ARTIFACTS_DIR)
     assert (artifacts / CHECKPOINT).is_file() and (artifacts / "images" / "samples_001.png").is_file()
     assert list(tracked.cwd.iterdir()) == []  # no mlruns/, no mlflow.db where the user stood
-    assert not (REPO / "mlruns").exists() or not any((REPO / "mlruns").glob(f"**/{tracked.run.info.run_id}"))
+    for folder in ("mlruns", ARTIFACTS_DIR):
+        assert not any((REPO / folder).glob(f"**/{tracked.run.info.run_id}"))
 
 
 def test_mlflow_tracking_uri_env_is_honoured(tracked: Tracked) -> None:
@@ -187,10 +208,24 @@ def test_resolve_tracking_uri_precedence(monkeypatch: pytest.MonkeyPatch) -> Non
     assert resolve_tracking_uri("sqlite:///flag.db") == "sqlite:///flag.db"
 
 
-def test_experiment_is_tagged_for_the_model_training_view(tracked: Tracked) -> None:
+def test_experiment_is_tagged_for_the_model_training_view_and_described(tracked: Tracked) -> None:
     experiment = tracked.client.get_experiment(tracked.run.info.experiment_id)
     assert experiment.name == "vae-bench"
     assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
+    assert experiment.tags[NOTE_TAG] == EXPERIMENT_NOTES[DEFAULT_EXPERIMENT]
+
+
+def test_runs_record_their_source_user_and_commit(tracked: Tracked) -> None:
+    """MLflow's context tags, shown on the run page as Source and Created by; the commit is the one of the checkout
+    holding the bench package (this repository), whatever the working directory was (here: a temporary folder)."""
+    tags = tracked.run.data.tags
+    assert tags[SOURCE_NAME_TAG] == "bench.run" and tags[SOURCE_TYPE_TAG] == "LOCAL" and tags[USER_TAG]
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("the suite is not running from a git checkout")
+    assert tags[GIT_COMMIT_TAG] == head.stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True)
+    assert tags[GIT_DIRTY_TAG] == str(bool(dirty.stdout.strip())).lower()
 
 
 def test_dataset_input_is_logged(tracked: Tracked, mnist: MNIST) -> None:
@@ -281,9 +316,9 @@ def test_tracker_log_model_keeps_the_run_status_and_the_environment(store: Mlflo
 def test_experiment_artifact_location_is_beside_a_new_store(store: MlflowClient) -> None:
     tracker = MlflowTracker.start(store, "another experiment", "r4", {})
     experiment = store.get_experiment(tracker.experiment_id)
-    db = sqlite_path(store.tracking_uri)
-    assert db is not None and local_path(experiment.artifact_location).is_relative_to(db.parent / "mlruns")
+    assert experiment.artifact_location == "mlflow-artifacts:/another_experiment"
     assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
+    assert experiment.tags[NOTE_TAG] == OTHER_EXPERIMENT_NOTE
 
 
 @pytest.mark.parametrize("uri, message", [

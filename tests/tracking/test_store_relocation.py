@@ -1,0 +1,123 @@
+"""A store is one folder that survives ``mv`` and ``cp -r`` (issue 13, item 4): real commands in subprocesses, a
+real moved folder and a real copy. After the move, evaluate finds the model, resume the checkpoint and the report
+the pictures; after the copy, what is written in one store never appears in the other. A store made before
+artifacts became store-relative is refused in one line once moved."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from bench.tracking.artifacts import ARTIFACTS_DIR
+from bench.tracking.names import CHECKPOINT
+from tests.conftest import REPO, run_cli
+
+SMALL = ["--variant", "sgvb_b", "--latent", "2", "--limit-train", "300", "--device", "cpu", "--no-progress"]
+ENV = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def bench(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return run_cli(module, *args, cwd=cwd, env=ENV, timeout=600)
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every file under folder with the md5 of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def checkpoint_epoch(uri: str, run_id: str, tmp: Path) -> int:
+    import torch
+
+    path = MlflowClient(uri).download_artifacts(run_id, CHECKPOINT, str(tmp))
+    return int(torch.load(path, weights_only=True)["epoch"])
+
+
+def one_line(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+def test_a_moved_store_works_and_a_copied_one_is_independent(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    a = tmp_path / "A"
+    a.mkdir()
+    done = bench("bench.run", *SMALL, "--epochs", "1", "--tracking-uri", f"sqlite:///{a / 'mlflow.db'}", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    client = MlflowClient(f"sqlite:///{a / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("vae-bench").experiment_id])
+    run_id = run.info.run_id
+    assert (a / ARTIFACTS_DIR).is_dir() and not (a / "mlruns").exists()
+
+    b = tmp_path / "B"
+    shutil.move(a, b)  # mv A B
+    uri_b = f"sqlite:///{b / 'mlflow.db'}"
+    done = bench("bench.evaluate", "--run-id", run_id, "--tracking-uri", uri_b, "--nll-samples", "5",
+                 "--device", "cpu", "--no-progress", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr  # the model is found
+    assert "test_nll" in MlflowClient(uri_b).get_run(run_id).data.metrics
+    done = bench("bench.run", "--resume", run_id, "--epochs", "2", "--tracking-uri", uri_b, "--no-progress",
+                 cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert "resuming run" in done.stdout and "after epoch 1" in done.stdout  # the checkpoint is found
+    assert checkpoint_epoch(uri_b, run_id, tmp_path) == 2
+    report = tmp_path / "report"
+    done = bench("bench.report", "--tracking-uri", uri_b, "--out", str(report), cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert "not logged" not in (report / "report.md").read_text()  # the pictures are found
+    assert list(report.rglob("*reconstruction*.png")) and list(report.rglob("*samples*.png"))
+    assert not a.exists()
+
+    c = tmp_path / "C"
+    shutil.copytree(b, c)  # cp -r B C
+    uri_c = f"sqlite:///{c / 'mlflow.db'}"
+    before_b = tree(b)
+    done = bench("bench.run", "--resume", run_id, "--epochs", "3", "--tracking-uri", uri_c, "--no-progress",
+                 cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert checkpoint_epoch(uri_c, run_id, tmp_path / "c") == 3
+    assert tree(b) == before_b  # nothing of C's resume landed in B
+    assert checkpoint_epoch(uri_b, run_id, tmp_path / "b") == 2
+    steps_b = [m.step for m in MlflowClient(uri_b).get_metric_history(run_id, "train_loss")]
+    assert steps_b == [1, 2]
+    before_c = tree(c)
+    done = bench("bench.evaluate", "--run-id", run_id, "--tracking-uri", uri_b, "--device", "cpu", "--no-progress",
+                 cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert tree(c) == before_c  # nor B's evaluation in C
+
+
+def test_an_old_store_that_was_moved_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Stores made before store-relative artifacts hold absolute ``file://.../mlruns/<experiment>`` paths: moved
+    or copied, they point at nothing or into their original. Every command refuses them before it writes."""
+    old = tmp_path / "old"
+    old.mkdir()
+    client = MlflowClient(f"sqlite:///{old / 'mlflow.db'}")
+    exp = client.create_experiment("vae-bench", artifact_location=(old / "mlruns" / "vae-bench").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    client.log_artifact(run_id, str(Path(__file__)), "code")
+    assert (old / "mlruns" / "vae-bench" / run_id / "artifacts" / "code").is_dir()
+    moved = tmp_path / "moved"
+    shutil.move(old, moved)
+    uri = f"sqlite:///{moved / 'mlflow.db'}"
+    for module, args in [("bench.evaluate", ["--run-id", run_id]), ("bench.report", ["--out", str(tmp_path / "r")]),
+                         ("bench.run", SMALL + ["--epochs", "1"])]:
+        line = one_line(bench(module, *args, "--tracking-uri", uri, cwd=tmp_path))
+        assert f"was moved or copied from {old}" in line and "cannot move" in line, line
+    assert len(MlflowClient(uri).search_runs([exp])) == 1  # no run was made
+
+
+@pytest.mark.parametrize("where", ["unmoved"])
+def test_an_old_store_in_place_still_opens(tmp_path: Path, where: str) -> None:
+    from bench.tracking.store import open_store
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.create_experiment("vae-bench", artifact_location=(tmp_path / "mlruns" / "vae-bench").as_uri())
+    assert open_store(f"sqlite:///{tmp_path / 'mlflow.db'}", existing=True).get_experiment_by_name("vae-bench")
