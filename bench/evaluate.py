@@ -16,7 +16,7 @@ from bench.evaluation.run_evaluation import DEFAULT_NLL_SAMPLES, PROG, evaluate_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Evaluate a trained bench.run run and log into it: "
+    p = ArgumentParser(prog=PROG, description="Evaluate a trained bench.run run and log into it: "
                                 "test NLL, active units, KL per dimension, gradient variance.")
     p.add_argument("--run-id", required=True, metavar="RUN_ID", help="a run made by bench.run, with a model")
     p.add_argument("--tracking-uri", metavar="URI",
