@@ -109,12 +109,25 @@ def test_limit_train_beyond_the_data_is_refused_before_a_run_is_made(tracking_ur
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
 
 
-def test_resume_refuses_flags_that_would_change_the_run(tracking_uri: str, killed_run: str,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    rc, err = bench_run(["--resume", killed_run, "--lr", "0.1", "--variant", "sgvb_b", "--tracking-uri",
-                         tracking_uri], capsys)
-    assert rc == 2 and "drop --variant, --lr" in err
+def test_resume_refuses_only_the_flags_that_differ_naming_both_values(tracking_uri: str, killed_run: str,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    rc, err = bench_run(["--resume", killed_run, "--lr", "0.1", "--variant", "sgvb_b", "--latent", "3",
+                         "--seed", "1", "--tracking-uri", tracking_uri], capsys)
+    assert rc == 2
+    assert "--latent 3 (the run's: 2), --lr 0.1 (the run's: 0.001) differ; drop them" in err
+    assert "--variant" not in err and "--seed" not in err  # the run's own values
     assert MlflowClient(tracking_uri).get_run(killed_run).info.status == "KILLED"
+
+
+def test_resume_accepts_the_command_line_that_made_the_run(tracking_uri: str, killed_run: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 10: the same command line with --resume added is not refused (1e-3 and 0.001 are one value)."""
+    rc, _ = bench_run([*SMALL, "--epochs", "3", "--lr", "1e-3", "--experiment", "vae-bench", "--resume", killed_run,
+                       "--tracking-uri", tracking_uri], capsys)
+    assert rc == 0
+    client = MlflowClient(tracking_uri)
+    assert client.get_run(killed_run).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(killed_run, "train_loss")] == [1, 2, 3]
 
 
 def test_a_resumed_run_sheds_its_old_failure_and_records_its_new_target(tracking_uri: str, killed_run: str,
