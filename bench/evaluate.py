@@ -7,16 +7,20 @@ What it measures: bench.evaluation.run_evaluation.
 
 from __future__ import annotations
 
-from bench.core import interrupts
+from bench.core import interrupts, progress
 
 # Before torch and MLflow are imported (seconds): a signal until the run is held leaves it as it was.
 interrupts.install("python -m bench.evaluate: interrupted before anything was logged")
+
+progress.note("loading torch and MLflow ...")
 
 import argparse  # noqa: E402
 
 from bench.cli import ArgumentParser, exit_process, main_guard, nonneg_int, positive_int  # noqa: E402
 from bench.evaluation import gradvar  # noqa: E402
 from bench.evaluation.run_evaluation import DEFAULT_NLL_SAMPLES, PROG, evaluate_run  # noqa: E402
+
+progress.note("")
 
 
 def build_parser() -> argparse.ArgumentParser:

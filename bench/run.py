@@ -9,10 +9,12 @@ The run's life (new or resumed, trained, evaluated, ended) is bench.training.lif
 
 from __future__ import annotations
 
-from bench.core import interrupts
+from bench.core import interrupts, progress
 
 # Before torch and MLflow are imported (seconds): a signal until the run exists leaves nothing and one line.
 interrupts.install("python -m bench.run: interrupted before a run was made; nothing recorded")
+
+progress.note("loading torch and MLflow ...")
 
 import argparse  # noqa: E402
 
@@ -31,6 +33,8 @@ from bench.tracking.names import DEFAULT_EXPERIMENT  # noqa: E402
 from bench.training.lifecycle import PROG, run_command  # noqa: E402
 from variants.likelihoods import LIKELIHOODS  # noqa: E402
 from variants.registry import REGISTRY  # noqa: E402
+
+progress.note("")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,7 +43,8 @@ PER_EPOCH = ("train_loss", "train_recon", "train_kld", "test_loss", "test_recon"
 COMPARED = ("train_loss", "train_recon", "train_kld", "test_loss", "test_recon", "test_kld", "test_mse", "test_nll",
             "active_units")
 COLUMNS = ("running", "duplicated", "missing", "mismatch", "traceback", "other")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# The children run this tree's code, whatever the working directory (an editable install may point elsewhere).
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
 
 
 def start(module: str, args: list[str], folder: Path) -> subprocess.Popen[str]:

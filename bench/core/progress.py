@@ -36,3 +36,11 @@ def stage(label: str, progress: bool, log: Callable[[str], None] = print) -> Ite
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
     log(f"{label}: done in {time.monotonic() - t0:.1f} s")
+
+
+def note(text: str) -> None:
+    """What is happening during start-up, on a terminal only: one line, overwritten by the next (``""`` clears
+    it), so that the seconds of importing torch and MLflow are not silent and leave nothing behind."""
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r\033[K{text}")
+        sys.stderr.flush()

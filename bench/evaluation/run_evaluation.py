@@ -28,7 +28,7 @@ from bench.core.data import loading_mnist
 from bench.core.devices import resolve_device
 from bench.core.progress import stage
 from bench.core.splits import prepare_test
-from bench.errors import UserError, first_line
+from bench.errors import UserError, first_line, out_of_memory
 from bench.evaluation import gradvar, latents
 from bench.evaluation.nll import estimate_nll
 from bench.tracking.mlflow_tracker import MlflowTracker
@@ -166,6 +166,11 @@ def evaluate_run(args: argparse.Namespace) -> int:
         evaluate_model(model, test_x, test_y, tracker, epoch, nll_samples=args.nll_samples,
                        gradient_variance=args.gradient_variance, repeats=args.repeats,
                        progress=not args.no_progress and sys.stderr.isatty())
+    except Exception as e:
+        if not out_of_memory(e):
+            raise
+        raise UserError(f"evaluating run {args.run_id} ran out of memory ({first_line(e, 120)}); give a smaller "
+                        "--nll-samples or --repeats, or evaluate where there is more memory") from None
     except KeyboardInterrupt as e:
         interrupts.set_phase(interrupts.ENDING)
         print(f"\n{PROG}: interrupted ({e or 'SIGINT'}); run {args.run_id} keeps what was logged before",

@@ -23,12 +23,13 @@ from bench.core.config import TrainConfig
 from bench.core.data import MNIST, loading_mnist
 from bench.core.data import NAME as DATA_NAME
 from bench.core.devices import resolve_device
+from bench.core.progress import note
 from bench.core.splits import split_validation
-from bench.errors import NonFiniteLoss, UserError, first_line
+from bench.errors import NonFiniteLoss, UserError, first_line, out_of_memory
 from bench.tracking.mlflow_tracker import MlflowTracker
 from bench.tracking.names import FAILURE_TAG
 from bench.tracking.ownership import Lease
-from bench.tracking.store import open_store, ui_address
+from bench.tracking.store import open_store, resolve_tracking_uri, ui_address
 from bench.training.identity import run_name, run_params, run_tags
 from bench.training.loop import train
 from variants.registry import REGISTRY, Variant, get_variant
@@ -114,7 +115,9 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     prewarm()
     # MNIST is decompressed and checksummed (GIL released) while the store opens.
     with loading_mnist(args.data_dir) as data:
+        note(f"opening the tracking store {resolve_tracking_uri(args.tracking_uri)} and loading MNIST ...")
         client = open_store(args.tracking_uri, existing=bool(args.resume))
+        note("")
         job = resumed_run(client, parser, args, argv, data) if args.resume else new_run(client, args, data)
     if job is None:
         return 0
@@ -123,6 +126,23 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     progress = not args.no_progress and sys.stderr.isatty()
     return execute(job.tracker, job.variant, job.cfg, job.data, job.start, progress=progress,
                    nll_samples=args.nll_samples, lease=job.lease, new=args.resume is None)
+
+
+class NewMetricsOnly:
+    """The tracker, minus the metrics it already holds at the step given (a redone evaluation's)."""
+
+    def __init__(self, tracker: MlflowTracker) -> None:
+        self.tracker = tracker
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tracker, name)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        client, run_id = self.tracker.client, self.tracker.run_id
+        new = {k: v for k, v in metrics.items()
+               if not any(m.step == step for m in client.get_metric_history(run_id, k))}
+        if new:
+            self.tracker.log_metrics(new, step)
 
 
 def record_end(tracker: MlflowTracker, status: str, reason: str) -> None:
@@ -166,7 +186,10 @@ def execute(tracker: MlflowTracker, variant: Variant, cfg: TrainConfig, data: An
                 tracker.log_model(result.model, epoch=cfg.epochs)
             from bench.evaluation.run_evaluation import final_evaluation  # pandas, matplotlib: not at start-up
 
-            final_evaluation(result.model, variant, cfg, data, tracker, nll_samples=nll_samples, progress=progress)
+            # A resume of a run stopped during its final evaluation evaluates again: the metrics logged before
+            # are not logged twice at their step.
+            final_evaluation(result.model, variant, cfg, data, tracker if start is None else NewMetricsOnly(tracker),
+                             nll_samples=nll_samples, progress=progress)
             with interrupts.critical():
                 tracker.finish("FINISHED")
                 interrupts.set_phase(interrupts.ENDING)
@@ -181,11 +204,12 @@ def execute(tracker: MlflowTracker, variant: Variant, cfg: TrainConfig, data: An
         record_end(tracker, "FAILED", reason)
         raise UserError(f"run {run_id} stopped ({reason}); once that is mended, resume it with --resume {run_id}"
                         ) from None
-    except MemoryError as e:
-        record_end(tracker, "FAILED", f"out of memory: {first_line(e)}")
-        raise UserError(f"run {run_id} ran out of memory ({first_line(e)}); its checkpoint is kept: resume it "
-                        f"with --resume {run_id} on a machine with more memory, or start a smaller run") from None
     except BaseException as e:
+        if out_of_memory(e):
+            record_end(tracker, "FAILED", f"out of memory: {first_line(e)}")
+            raise UserError(f"run {run_id} ran out of memory ({first_line(e, 120)}); its last checkpoint is kept: "
+                            f"resume it with --resume {run_id} where there is more memory, or start a smaller run"
+                            ) from None
         record_end(tracker, "FAILED", f"{type(e).__name__}: {e}")
         raise
     finally:

@@ -4,6 +4,7 @@ an evaluation while the run trains; two resumes at once; Ctrl-C in a huge NLL es
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -18,10 +19,10 @@ from mlflow import MlflowClient
 from bench.tracking.mlflow_tracker import MlflowTracker
 from bench.tracking.names import FAILURE_TAG, OWNER_TAG
 from tests.commands.test_cli import ONE_THREAD, LineReader, only_run, time_limit
-from tests.conftest import copy_store, run_cli
+from tests.conftest import CODE, copy_store, run_cli
 
 TINY = ["--limit-train", "1000", "--latent", "2", "--device", "cpu", "--no-progress"]
-ENV = {**ONE_THREAD, "PYTHONUNBUFFERED": "1"}
+ENV = {**ONE_THREAD, **CODE, "PYTHONUNBUFFERED": "1"}
 
 
 @dataclass
@@ -33,8 +34,6 @@ class Proc:
 
 
 def popen(module: str, args: list[str], cwd: Path) -> subprocess.Popen[str]:
-    import os
-
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env={**os.environ, **ENV}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

@@ -4,6 +4,7 @@ what a refused process is told."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -16,7 +17,9 @@ from bench.core.processes import ME
 from bench.tracking import ownership
 from bench.tracking.names import OWNER_TAG
 from bench.tracking.ownership import Busy, Claim, Lease, claims
+from tests.conftest import CODE
 
+ENV = {**os.environ, **CODE}
 # A process that waits for the common start time, claims the run, says WON or BUSY, and holds it for a while.
 RACER = """
 import sys, time
@@ -50,7 +53,7 @@ def test_racing_processes_one_wins(tracking_uri: str, run_id: str) -> None:
     are refused while it does. Repeated: a race is a matter of timing."""
     for _ in range(2):
         at = time.time() + 6  # after every racer's imports
-        procs = [subprocess.Popen([sys.executable, "-c", RACER, tracking_uri, run_id, str(at)],
+        procs = [subprocess.Popen([sys.executable, "-c", RACER, tracking_uri, run_id, str(at)], env=ENV,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
         outs = [p.communicate(timeout=120) for p in procs]
         assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
@@ -75,7 +78,7 @@ def test_a_refusal_names_the_owner_and_wait_waits(tracking_uri: str, run_id: str
 
 def test_wait_waits_until_the_owner_is_gone(tracking_uri: str, run_id: str) -> None:
     at = time.time() + 5
-    holder = subprocess.Popen([sys.executable, "-c", RACER, tracking_uri, run_id, str(at)],
+    holder = subprocess.Popen([sys.executable, "-c", RACER, tracking_uri, run_id, str(at)], env=ENV,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().startswith("WON")
@@ -97,7 +100,7 @@ def _plant(client: MlflowClient, run_id: str, by: str, beat: float, token: str =
 
 def test_a_dead_owners_claim_is_cleared(tracking_uri: str, run_id: str) -> None:
     """A SIGKILLed owner leaves its claim behind: the next process sees its process is gone and takes the run."""
-    proc = subprocess.run([sys.executable, "-c", "from bench.core.processes import ME; print(ME)"],
+    proc = subprocess.run([sys.executable, "-c", "from bench.core.processes import ME; print(ME)"], env=ENV,
                           capture_output=True, text=True, check=True)
     client = MlflowClient(tracking_uri)
     _plant(client, run_id, proc.stdout.strip(), time.time())  # a fresh heartbeat, but a dead process
