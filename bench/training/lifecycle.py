@@ -61,7 +61,15 @@ class Job:
     data: Any
     start: dict[str, Any] | None = None
     lease: Lease | None = None
-    interrupt: KeyboardInterrupt | None = None  # a signal held while the run was being created
+
+
+@dataclass
+class Life:
+    """What this process has done to its run so far, for a signal that lands between any two statements: the
+    tracker once the run is made (or marked running again), the claim once one is being made."""
+
+    tracker: MlflowTracker | None = None
+    lease: Lease | None = None
 
 
 def say_where(tracker: MlflowTracker, lead: str) -> None:
@@ -69,7 +77,7 @@ def say_where(tracker: MlflowTracker, lead: str) -> None:
     print(f"{lead}; follow it at {ui_address(tracker.client, tracker.experiment_id, tracker.run_id)}", flush=True)
 
 
-def new_run(client: MlflowClient, args: argparse.Namespace, data: Callable[[], MNIST]) -> Job:
+def new_run(client: MlflowClient, args: argparse.Namespace, data: Callable[[], MNIST], life: Life) -> Job:
     """Check everything, then create the run with its params and this process's claim in one critical block:
     from its first moment the run has what a resume needs, and a signal ends it KILLED."""
     variant = variant_from_args(args)
@@ -80,18 +88,13 @@ def new_run(client: MlflowClient, args: argparse.Namespace, data: Callable[[], M
     mnist = data()
     split_validation(mnist, cfg)  # settings the data cannot meet fail here, before a run is made
     lease = Lease(client, "", "training")
-    tracker: MlflowTracker | None = None
-    try:
-        with interrupts.critical():
-            tracker = MlflowTracker.start(client, args.experiment, run_name(variant, cfg),
-                                          run_params(variant, cfg, mnist.digest),
-                                          tags={**run_tags(variant, args.sweep), **lease.claim_tag(held=True)})
-            interrupts.set_phase(interrupts.OWNING)
-    except KeyboardInterrupt as e:  # held until the run was complete: it ends KILLED
-        if tracker is None:
-            raise
-        return Job(tracker, variant, cfg, mnist, None, lease.born(tracker.run_id), e)
-    return Job(tracker, variant, cfg, mnist, None, lease.born(tracker.run_id))
+    with interrupts.critical():  # a signal meanwhile is held, then ends the run KILLED (run_command)
+        tracker = MlflowTracker.start(client, args.experiment, run_name(variant, cfg),
+                                      run_params(variant, cfg, mnist.digest),
+                                      tags={**run_tags(variant, args.sweep), **lease.claim_tag(held=True)})
+        life.tracker, life.lease = tracker, lease.born(tracker.run_id)
+        interrupts.set_phase(interrupts.OWNING)
+    return Job(tracker, variant, cfg, mnist, None, lease)
 
 
 def prewarm() -> None:
@@ -113,19 +116,29 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
             print(f"{name:<{width}}  {v.description}")
         return 0
     prewarm()
-    # MNIST is decompressed and checksummed (GIL released) while the store opens.
-    with loading_mnist(args.data_dir) as data:
-        note(f"opening the tracking store {resolve_tracking_uri(args.tracking_uri)} and loading MNIST ...")
-        client = open_store(args.tracking_uri, existing=bool(args.resume))
-        note("")
-        job = resumed_run(client, parser, args, argv, data) if args.resume else new_run(client, args, data)
-    if job is None:
-        return 0
-    if job.interrupt is not None:
-        return interrupted(job.tracker, job.lease, job.interrupt)
-    progress = not args.no_progress and sys.stderr.isatty()
-    return execute(job.tracker, job.variant, job.cfg, job.data, job.start, progress=progress,
-                   nll_samples=args.nll_samples, lease=job.lease, new=args.resume is None)
+    life = Life()
+    try:
+        # MNIST is decompressed and checksummed (GIL released) while the store opens.
+        with loading_mnist(args.data_dir) as data:
+            note(f"opening the tracking store {resolve_tracking_uri(args.tracking_uri)} and loading MNIST ...")
+            client = open_store(args.tracking_uri, existing=bool(args.resume))
+            note("")
+            job = (resumed_run(client, parser, args, argv, data, life) if args.resume
+                   else new_run(client, args, data, life))
+        if job is None:
+            return 0
+        progress = not args.no_progress and sys.stderr.isatty()
+        return execute(job.tracker, job.variant, job.cfg, job.data, job.start, progress=progress,
+                       nll_samples=args.nll_samples, lease=job.lease, new=args.resume is None)
+    except KeyboardInterrupt as e:  # outside execute's own handling: before it, or between two statements
+        if life.tracker is not None:
+            return interrupted(life.tracker, life.lease, e)
+        interrupts.set_phase(interrupts.ENDING)
+        if life.lease is not None:
+            life.lease.release()
+        left = f"run {args.resume} is left as it was" if args.resume else "nothing recorded"
+        print(f"\n{PROG}: interrupted ({e or 'SIGINT'}); {left}", file=sys.stderr)
+        return 130
 
 
 class NewMetricsOnly:

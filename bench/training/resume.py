@@ -4,7 +4,6 @@ interrupted resume leaves it as it was), and only then is it marked RUNNING agai
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,7 +18,7 @@ from bench.tracking.mlflow_tracker import MlflowTracker, param_value
 from bench.tracking.names import EPOCHS_TAG, SWEEP_TAG
 from bench.tracking.ownership import Lease
 from bench.training.identity import restore
-from bench.training.lifecycle import PROG, Job, say_where
+from bench.training.lifecycle import Job, Life, say_where
 
 # What a resumed run keeps from its start (its params); a resume may change only the other flags.
 FIXED_ON_RESUME = ("variant", "latent", "samples", "decoder", "hidden", "gaussian_variance", "learn_variance",
@@ -59,8 +58,10 @@ def differing(client: MlflowClient, run: Any, args: argparse.Namespace, dests: S
 
 
 def resumed_run(client: MlflowClient, parser: argparse.ArgumentParser, args: argparse.Namespace,
-                argv: list[str] | None, data: Callable[[], MNIST]) -> Job | None:
-    """The run of --resume, claimed and ready to go on from its checkpoint (None: it has nothing left to do)."""
+                argv: list[str] | None, data: Callable[[], MNIST], life: Life) -> Job | None:
+    """The run of --resume, claimed and ready to go on from its checkpoint (None: it has nothing left to do).
+    ``life`` records the claim, then the moment the run is touched: a signal before that leaves it as it was,
+    after it ends it KILLED (bench.training.lifecycle.run_command)."""
     run_id = args.resume
     try:
         run = client.get_run(run_id)
@@ -74,9 +75,8 @@ def resumed_run(client: MlflowClient, parser: argparse.ArgumentParser, args: arg
                         "--data-dir, --nll-samples)")
     variant, cfg = restore(run, args.epochs, resolve_device(args.device))
     tracker = MlflowTracker(client, run_id)
-    lease = Lease(client, run_id, "training")
+    lease = life.lease = Lease(client, run_id, "training")
     interrupts.set_phase(interrupts.OWNING)  # from here a signal releases the claim (and, once touched, kills)
-    touched = False
     try:
         lease.claim(wait=args.wait)
         run = client.get_run(run_id)  # as its last owner left it
@@ -95,19 +95,14 @@ def resumed_run(client: MlflowClient, parser: argparse.ArgumentParser, args: arg
         mnist = data()
         split_validation(mnist, cfg)
         with interrupts.critical():  # the run is touched: from here on it ends recorded, whatever happens
-            touched = True
+            life.tracker = tracker
             if str(cfg.epochs) != run.data.params.get("epochs") or EPOCHS_TAG in run.data.tags:
                 tracker.set_tags({EPOCHS_TAG: str(cfg.epochs)})
             if start is not None and not any(m.step == done for m in history):
                 tracker.log_metrics(start["metrics"], step=done)  # killed between checkpoint and metrics
             tracker.mark_running()
-    except KeyboardInterrupt as e:
-        if not touched:
-            interrupts.set_phase(interrupts.ENDING)
-            lease.release()
-            print(f"\n{PROG}: interrupted ({e or 'SIGINT'}); run {run_id} is left as it was", file=sys.stderr)
-            raise SystemExit(130) from None
-        return Job(tracker, variant, cfg, mnist, start, lease, e)
+    except KeyboardInterrupt:
+        raise
     except BaseException:
         lease.release()
         raise
