@@ -1,4 +1,5 @@
-"""Shared command-line pieces: argument types, and the one-line-error-and-exit-2 wrapper."""
+"""Shared command-line pieces: a parser whose errors are one line, argument types, the one-line-error-and-exit-2
+wrapper, and a quick process exit."""
 
 from __future__ import annotations
 
@@ -8,12 +9,20 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
+from bench.core import interrupts
 from bench.errors import UserError, first_line
 from variants.registry import REGISTRY
 
 T = TypeVar("T")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line with a pointer to --help instead of the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _int_where(text: str, ok: Callable[[int], bool], wrong: str, accepted: str) -> int:
@@ -101,7 +110,8 @@ def quiet_libraries() -> None:
 
 
 def main_guard(main: Callable[[list[str] | None], int], prog: str) -> Callable[[list[str] | None], int]:
-    """Run ``main``; a UserError becomes one line on stderr and exit status 2."""
+    """Run ``main``; a UserError becomes one line on stderr and exit status 2, a stray Ctrl-C one line and 130.
+    Called with no argv (the process's own command line), signals are held from its return to the exit."""
 
     def wrapped(argv: list[str] | None = None) -> int:
         quiet_libraries()
@@ -110,6 +120,9 @@ def main_guard(main: Callable[[list[str] | None], int], prog: str) -> Callable[[
         except UserError as e:
             print(f"{prog}: error: {e}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt as e:
+            print(f"\n{prog}: interrupted ({e or 'SIGINT'})", file=sys.stderr)
+            return 130
         except Exception as e:
             if not type(e).__module__.startswith("mlflow."):
                 raise
@@ -117,5 +130,20 @@ def main_guard(main: Callable[[list[str] | None], int], prog: str) -> Callable[[
             # traceback. The commands' own checks catch what they know of before this.
             print(f"{prog}: error: MLflow: {first_line(e, 300)}", file=sys.stderr)
             return 2
+        finally:
+            if argv is None:
+                interrupts.ending_for_exit()
 
     return wrapped
+
+
+def exit_process(status: int) -> NoReturn:
+    """End the process without the interpreter's module-by-module teardown, which takes 1-2 s once torch and
+    MLflow are loaded and does nothing for us: every write is committed by then. atexit callbacks still run
+    (with signals held, see main_guard)."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

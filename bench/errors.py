@@ -13,3 +13,12 @@ def first_line(e: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (or its type's name), cut to ``limit`` characters: what a one-line
     error quotes of a library's multi-line message."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` says memory ran out: Python's MemoryError, torch's OutOfMemoryError (CUDA, MPS), or the
+    RuntimeError of torch's CPU allocator."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)

@@ -7,16 +7,24 @@ What it measures: bench.evaluation.run_evaluation.
 
 from __future__ import annotations
 
-import argparse
-import sys
+from bench.core import interrupts, progress
 
-from bench.cli import main_guard, nonneg_int, positive_int
-from bench.evaluation import gradvar
-from bench.evaluation.run_evaluation import DEFAULT_NLL_SAMPLES, PROG, evaluate_run
+# Before torch and MLflow are imported (seconds): a signal until the run is held leaves it as it was.
+interrupts.install("python -m bench.evaluate: interrupted before anything was logged")
+
+progress.note("loading torch and MLflow ...")
+
+import argparse  # noqa: E402
+
+from bench.cli import ArgumentParser, exit_process, main_guard, nonneg_int, positive_int  # noqa: E402
+from bench.evaluation import gradvar  # noqa: E402
+from bench.evaluation.run_evaluation import DEFAULT_NLL_SAMPLES, PROG, evaluate_run  # noqa: E402
+
+progress.note("")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Evaluate a trained bench.run run and log into it: "
+    p = ArgumentParser(prog=PROG, description="Evaluate a trained bench.run run and log into it: "
                                 "test NLL, active units, KL per dimension, gradient variance.")
     p.add_argument("--run-id", required=True, metavar="RUN_ID", help="a run made by bench.run, with a model")
     p.add_argument("--tracking-uri", metavar="URI",
@@ -32,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX files (default: bundled)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--wait", action="store_true",
+                   help="if another process holds the run (training it), wait until it is free (default: refuse)")
     return p
 
 
@@ -40,4 +50,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main_guard(main, PROG)())
+    exit_process(main_guard(main, PROG)())

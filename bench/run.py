@@ -9,19 +9,36 @@ The run's life (new or resumed, trained, evaluated, ended) is bench.training.lif
 
 from __future__ import annotations
 
-import argparse
-import sys
+from bench.core import interrupts, progress
 
-from bench.cli import main_guard, name_arg, nonneg_int, positive_float, positive_int, seed_int
-from bench.core.config import BINARIZE, PRECISIONS
-from bench.tracking.names import DEFAULT_EXPERIMENT
-from bench.training.lifecycle import PROG, run_command
-from variants.likelihoods import LIKELIHOODS
-from variants.registry import REGISTRY
+# Before torch and MLflow are imported (seconds): a signal until the run exists leaves nothing and one line.
+interrupts.install("python -m bench.run: interrupted before a run was made; nothing recorded")
+
+progress.note("loading torch and MLflow ...")
+
+import argparse  # noqa: E402
+
+from bench.cli import (  # noqa: E402
+    ArgumentParser,
+    exit_process,
+    main_guard,
+    name_arg,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    seed_int,
+)
+from bench.core.config import BINARIZE, PRECISIONS  # noqa: E402
+from bench.tracking.names import DEFAULT_EXPERIMENT  # noqa: E402
+from bench.training.lifecycle import PROG, run_command  # noqa: E402
+from variants.likelihoods import LIKELIHOODS  # noqa: E402
+from variants.registry import REGISTRY  # noqa: E402
+
+progress.note("")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Train one VAE variant on MNIST, tracked in MLflow.")
+    p = ArgumentParser(prog=PROG, description="Train one VAE variant on MNIST, tracked in MLflow.")
     p.add_argument("--list", action="store_true", help="list the registered variants and exit")
     p.add_argument("--variant", metavar="NAME", choices=list(REGISTRY), default="sgvb_b",
                    help=f"a registered variant (default sgvb_b): {', '.join(REGISTRY)}")
@@ -51,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nll-samples", type=nonneg_int, default=0, metavar="K",
                    help="after training, estimate the test NLL with K importance samples (0: skip)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue this run from its last completed epoch")
+    p.add_argument("--wait", action="store_true",
+                   help="with --resume: if another process holds the run, wait until it is free (default: refuse)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -60,4 +79,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main_guard(main, PROG)())
+    exit_process(main_guard(main, PROG)())

@@ -17,6 +17,8 @@ from bench.cli import quiet_libraries
 from bench.core.data import MNIST, load_mnist
 
 REPO = Path(__file__).resolve().parent.parent
+# Child processes run this tree's code, whatever their working directory (an editable install may point elsewhere).
+CODE = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 quiet_libraries()
 
@@ -61,6 +63,6 @@ def tracking_uri(tmp_path: Path, migrated_store: Path) -> str:
 def run_cli(module: str, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run ``python -m module args`` as a user would; returns the finished process (never raises on exit code)."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **CODE, **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)

@@ -10,6 +10,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.resources
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bench.errors import UserError
+from bench.errors import UserError, first_line
 
 # md5 of the uncompressed IDX bytes, as published with MNIST.
 MD5 = {
@@ -62,8 +66,8 @@ def _read_checked(path: Path, stem: str) -> bytes:
     try:
         raw = path.read_bytes()
         data = gzip.decompress(raw) if path.suffix == ".gz" else raw
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise UserError(f"cannot read MNIST file {path}: {e}") from None
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:  # zlib.error: a corrupt deflate stream
+        raise UserError(f"cannot read MNIST file {path}: {first_line(e)}") from None
     if hashlib.md5(data).hexdigest() != MD5[stem]:
         raise UserError(f"MNIST file {path} is corrupt: md5 of its bytes is not the published {MD5[stem]}")
     return data
@@ -100,3 +104,12 @@ def load_mnist(data_dir: str | Path | None = None) -> MNIST:
         source=str(folder),
         digest=hashlib.md5("".join(md5s).encode()).hexdigest()[:8],
     )
+
+
+@contextmanager
+def loading_mnist(data_dir: str | Path | None = None) -> Iterator[Callable[[], MNIST]]:
+    """Load MNIST on a thread (decompressing and checksumming release the GIL) while the block does something
+    else, e.g. open the tracking store; the block calls what it is given to get the data (or its UserError)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mnist") as pool:
+        loading = pool.submit(load_mnist, data_dir)
+        yield loading.result

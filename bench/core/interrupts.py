@@ -1,47 +1,123 @@
-"""Ctrl-C and SIGTERM as KeyboardInterrupt, deferred while a checkpoint is being written.
+"""Ctrl-C (SIGINT) and SIGTERM: what they do depends on how far a command has got.
 
-A signal that arrives inside ``critical()`` is held until the block ends, so an interrupted run never
-leaves a half-written checkpoint or an epoch whose metrics and checkpoint disagree.
+- ``STARTING`` (from the first line of a command module, before torch and MLflow are imported, until a run is
+  made or claimed): there is nothing to record, so the signal prints one line and the process exits 130 at
+  once, in the middle of an import if need be: no run is left behind and no traceback is printed.
+- ``OWNING`` (a run exists, or a resume or an evaluation holds one): the signal raises KeyboardInterrupt, which
+  the command turns into the run's end (KILLED, with the signal as the reason). Inside ``critical()`` the
+  signal is held until the block ends, so that a run is never created without its params and a checkpoint is
+  never written without its epoch's metrics.
+- ``ENDING`` (a first signal is being handled, or the command has returned and the interpreter is exiting):
+  further signals are held and dropped, so the run's end is recorded and atexit callbacks run undisturbed
+  (no "Exception ignored in atexit callback"); a third signal exits at once.
+
+This module imports nothing heavy: commands install it before importing torch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_state = {"depth": 0, "pending": None}
+STARTING, OWNING, ENDING = "starting", "owning", "ending"
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+_state: dict = {"depth": 0, "pending": None, "phase": OWNING, "message": "interrupted", "extra": 0}
+
+
+def _exit_now(signum: int, line: str) -> None:
+    with contextlib.suppress(Exception):  # a closed or broken stdout must not stop the exit
+        sys.stdout.flush()
+    os.write(2, f"\n{line} ({signal.Signals(signum).name})\n".encode())
+    os._exit(128 + signum)
+
+
+def _act(signum: int) -> None:
+    """What a signal does now that it may act (outside any critical block)."""
+    phase = _state["phase"]
+    if phase == STARTING:
+        _exit_now(signum, _state["message"])
+    if phase == ENDING:
+        _state["extra"] += 1
+        if _state["extra"] >= 2:
+            _exit_now(signum, "interrupted again: exiting at once")
+        return
+    _state["phase"] = ENDING  # the command is now recording the run's end: a second Ctrl-C must not cut it short
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _handler(signum: int, frame: object) -> None:
-    if _state["depth"] > 0:
+    if _state["depth"] > 0 and _state["phase"] != ENDING:
         _state["pending"] = signum
         return
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    _act(signum)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def install(message: str) -> None:
+    """Handle SIGINT and SIGTERM from now on, in the STARTING phase: a signal prints ``message`` and exits."""
+    if not _main_thread():
+        return
+    _state.update(phase=STARTING, message=message, pending=None, extra=0)
+    for s in SIGNALS:
+        signal.signal(s, _handler)
+
+
+def set_phase(phase: str) -> None:
+    """Move to ``phase`` (OWNING once a run exists or is held; ENDING once the command is done)."""
+    _state["phase"] = phase
+    if phase == ENDING:
+        _state["extra"] = 0
+
+
+def phase() -> str:
+    return _state["phase"]
+
+
+def ending_for_exit() -> None:
+    """The command has returned: hold signals while the interpreter exits (atexit callbacks, thread joins)."""
+    if not _main_thread():
+        return
+    set_phase(ENDING)
+    for s in SIGNALS:
+        signal.signal(s, _handler)
 
 
 @contextmanager
 def graceful_interrupts() -> Iterator[None]:
-    """Install the handlers for SIGINT and SIGTERM (main thread only) for the block's duration."""
-    if threading.current_thread() is not threading.main_thread():
+    """Install the handlers for SIGINT and SIGTERM (main thread only) for the block's duration, in the OWNING
+    phase: a signal raises KeyboardInterrupt (held inside critical())."""
+    if not _main_thread():
         yield
         return
-    old = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, _handler) for s in SIGNALS}
+    before = _state["phase"]
+    _state["phase"] = OWNING
     try:
         yield
     finally:
+        _state["phase"] = before
         for s, h in old.items():
             signal.signal(s, h)
 
 
 @contextmanager
 def critical() -> Iterator[None]:
+    """Hold signals until the block ends; then act on the last one held."""
     _state["depth"] += 1
     try:
         yield
     finally:
         _state["depth"] -= 1
-        pending, _state["pending"] = _state["pending"], None
-        if pending is not None and _state["depth"] == 0:
-            raise KeyboardInterrupt(signal.Signals(pending).name)
+        if _state["depth"] == 0:
+            pending, _state["pending"] = _state["pending"], None
+            if pending is not None:
+                _act(pending)

@@ -13,6 +13,7 @@ and ``latent`` works (tests use a linear-Gaussian one whose log p(x) is known in
 from __future__ import annotations
 
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -56,13 +57,20 @@ def _block_generator(device: torch.device, seed: int, block: int) -> torch.Gener
     return gen
 
 
+class Cancelled(Exception):
+    """The estimate was stopped (Ctrl-C in the main thread): the workers give up between chunks."""
+
+
 def _block(model: nn.Module, x: Tensor, mu: Tensor, logvar: Tensor, samples: int, rows: int,
-           gen: torch.Generator) -> Tensor:
-    """L_K for a few images (their K samples in pieces of at most ``rows`` decoder rows): float64 [B]."""
+           gen: torch.Generator, stop: threading.Event | None = None) -> Tensor:
+    """L_K for a few images (their K samples in pieces of at most ``rows`` decoder rows): float64 [B]. Gives up
+    between pieces once ``stop`` is set: with a huge K one block is minutes of work."""
     with torch.inference_mode():  # thread-local: entered in the worker
         log_w = torch.empty(samples, len(x), device=x.device, dtype=mu.dtype)
         per_chunk = max(1, min(samples, rows // len(x)))
         for k in range(0, samples, per_chunk):
+            if stop is not None and stop.is_set():
+                raise Cancelled
             n = min(per_chunk, samples - k)
             eps = torch.randn((n, len(x), mu.shape[-1]), generator=gen, device=x.device, dtype=mu.dtype)
             log_w[k:k + n] = log_weights(model, x, mu, logvar, eps)
@@ -90,10 +98,12 @@ def iwae_log_likelihood(model: nn.Module, x: Tensor, samples: int, seed: int = N
     workers = workers or torch.get_num_threads()
     out = torch.empty(len(x), dtype=accumulation_dtype(x.device), device=x.device)
 
+    stop = threading.Event()
+
     def run(b: int) -> Tensor:
         i = starts[b]
         return _block(model, x[i:i + images], mu[i:i + images], logvar[i:i + images], samples, rows,
-                      _block_generator(x.device, seed, b))
+                      _block_generator(x.device, seed, b), stop)
 
     threads = torch.get_num_threads()
     if workers > 1:
@@ -107,8 +117,9 @@ def iwae_log_likelihood(model: nn.Module, x: Tensor, samples: int, seed: int = N
                 out[starts[b]:starts[b] + len(value)] = value
                 bar.update(len(value))
     finally:
+        stop.set()  # on Ctrl-C (or any error): running blocks give up within one chunk, queued ones never start
         if pool:
-            pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: stop at once, not after every block
+            pool.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(threads)
     return out
 

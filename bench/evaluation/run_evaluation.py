@@ -23,16 +23,19 @@ import torch
 from tabulate import tabulate
 from torch import Tensor, nn
 
+from bench.core import interrupts
 from bench.core.config import TrainConfig
-from bench.core.data import load_mnist
+from bench.core.data import loading_mnist
 from bench.core.devices import resolve_device
+from bench.core.progress import stage
 from bench.core.splits import prepare_test
-from bench.errors import UserError, first_line
+from bench.errors import UserError, first_line, out_of_memory
 from bench.evaluation import gradvar, latents
 from bench.evaluation.nll import estimate_nll
 from bench.tracking.lookup import get_run
 from bench.tracking.mlflow_tracker import MlflowTracker
-from bench.tracking.names import MODEL_NAME
+from bench.tracking.names import MODEL_EPOCH_TAG, MODEL_NAME
+from bench.tracking.ownership import Lease
 from bench.tracking.store import fluent_tracking_uri, open_store
 from bench.tracking.tracker import NullTracker, Tracker
 
@@ -64,7 +67,8 @@ def evaluate_model(model: nn.Module, test_x: Tensor, test_y: Tensor, tracker: Tr
             log(f"test NLL {result.nll:.3f} +- {result.stderr:.3f} nats ({nll_samples} importance samples, "
                 f"{len(test_x)} images)")
         if gradient_variance:
-            stats = gradvar.measure_all(model, test_x[:gradvar.BATCH], repeats)
+            with stage(f"gradient variance of every estimator, {repeats} noise draws each", progress, log):
+                stats = gradvar.measure_all(model, test_x[:gradvar.BATCH], repeats)
             metrics.update(gradvar.gradvar_metrics(stats))
             settings["gradvar_repeats"] = repeats
             gtable = gradvar.gradvar_table(stats)
@@ -98,54 +102,81 @@ def final_evaluation(model: nn.Module, variant: Any, cfg: TrainConfig, data: Any
 
 def load_run_model(client: Any, run_id: str) -> nn.Module:
     """The run's logged model (bench.tracking.MODEL_NAME), or a UserError saying why there is none."""
+    return run_model(client, run_id)[0]
+
+
+def run_model(client: Any, run_id: str) -> tuple[nn.Module, int | None]:
+    """The run's logged model and the epoch whose parameters it holds (None for a model logged before models
+    were tagged with it), or a UserError saying why there is none."""
     import mlflow.pytorch
     from mlflow.exceptions import MlflowException
 
-    # runs:/ URIs resolve through the fluent API's tracking URI only (download_artifacts' tracking_uri is
-    # not used for MLflow 3's logged models).
+    # models:/ and runs:/ URIs resolve through the fluent API's tracking URI only (download_artifacts'
+    # tracking_uri is not used for MLflow 3's logged models).
     try:
+        models = MlflowTracker(client, run_id).logged_models()
+        uri = f"models:/{models[0].model_id}" if models else f"runs:/{run_id}/{MODEL_NAME}"
         with fluent_tracking_uri(client.tracking_uri):
-            return mlflow.pytorch.load_model(f"runs:/{run_id}/{MODEL_NAME}", map_location="cpu")
-    except (MlflowException, OSError) as e:
+            model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    except (MlflowException, OSError, IndexError) as e:
         raise UserError(f"run {run_id} has no logged model ({first_line(e, 120)}); "
                         "evaluate a run that finished training") from None
+    epoch = models[0].tags.get(MODEL_EPOCH_TAG) if models else None
+    return model, None if epoch is None else int(epoch)
 
 
 def evaluate_run(args: argparse.Namespace) -> int:
-    """What ``python -m bench.evaluate`` does with its arguments."""
+    """What ``python -m bench.evaluate`` does with its arguments. The run is held for the whole evaluation (a
+    training or a resume of it meanwhile is refused, and waits with --wait); its status is never written."""
     if args.gradient_variance and args.repeats < 2:
         raise UserError(f"--repeats must be at least 2 to measure a variance, got {args.repeats}")
-    client = open_store(args.tracking_uri, existing=True)
-    run = get_run(client, args.run_id)
-    status = run.info.status
+    with loading_mnist(args.data_dir) as mnist:
+        client = open_store(args.tracking_uri, existing=True)
+        run = get_run(client, args.run_id)
+        data = mnist()
     params = run.data.params
-    device = resolve_device(args.device)
-    cfg = TrainConfig(binarize=params.get("binarize", "none"), device=device)
-    model = load_run_model(client, args.run_id).to(device)
-    data = load_mnist(args.data_dir)
     if params.get("data_digest", data.digest) != data.digest:
         raise UserError(f"run {args.run_id} was trained on MNIST with digest {params['data_digest']}, but "
                         f"{data.source} has digest {data.digest}; give --data-dir the run's data")
-    test_x = prepare_test(data, cfg, torch.device(device))
-    test_y = data.test_y.to(device)
-    if args.limit_test:
-        test_x, test_y = test_x[:args.limit_test], test_y[:args.limit_test]
-    history = client.get_metric_history(args.run_id, "train_loss")
-    step = max((m.step for m in history), default=0)  # the evaluation sits at the run's last epoch
-    print(f"evaluating run {args.run_id} ({run.info.run_name}, {status}) on {len(test_x)} test images, "
-          f"binarize={cfg.binarize}")
-    # A subset's numbers would sit under the full test set's names (test_nll, active_units): print them only.
-    tracker: Tracker = MlflowTracker(client, args.run_id) if not args.limit_test else NullTracker()
-    if args.limit_test:
-        print(f"--limit-test: a check on {len(test_x)} of {len(data.test_x)} test images, printed and not logged")
+    device = resolve_device(args.device)
+    cfg = TrainConfig(binarize=params.get("binarize", "none"), device=device)
+    # A subset's numbers would sit under the full test set's names (test_nll, active_units): printed only, and
+    # a check that logs nothing needs no hold on the run.
+    lease = None if args.limit_test else Lease(client, args.run_id, "evaluating")
+    interrupts.set_phase(interrupts.OWNING)
     try:
-        evaluate_model(model, test_x, test_y, tracker, step, nll_samples=args.nll_samples,
+        if lease is not None:
+            lease.claim(wait=args.wait)
+        print(f"loading the model of run {args.run_id}", flush=True)
+        model, epoch = run_model(client, args.run_id)
+        if epoch is None:  # a model from before models were tagged: the run's last epoch
+            epoch = max((m.step for m in client.get_metric_history(args.run_id, "train_loss")), default=0)
+        model = model.to(device)
+        test_x = prepare_test(data, cfg, torch.device(device))
+        test_y = data.test_y.to(device)
+        if args.limit_test:
+            test_x, test_y = test_x[:args.limit_test], test_y[:args.limit_test]
+        status = client.get_run(args.run_id).info.status
+        print(f"evaluating run {args.run_id} ({run.info.run_name}, {status}): its model of epoch {epoch}, on "
+              f"{len(test_x)} test images, binarize={cfg.binarize}; results at step {epoch}", flush=True)
+        tracker: Tracker = MlflowTracker(client, args.run_id) if lease is not None else NullTracker()
+        if args.limit_test:
+            print(f"--limit-test: a check on {len(test_x)} of {len(data.test_x)} test images, printed and not "
+                  "logged")
+        evaluate_model(model, test_x, test_y, tracker, epoch, nll_samples=args.nll_samples,
                        gradient_variance=args.gradient_variance, repeats=args.repeats,
                        progress=not args.no_progress and sys.stderr.isatty())
-    except KeyboardInterrupt:
-        print(f"\n{PROG}: interrupted; run {args.run_id} keeps what was logged before", file=sys.stderr)
+    except Exception as e:
+        if not out_of_memory(e):
+            raise
+        raise UserError(f"evaluating run {args.run_id} ran out of memory ({first_line(e, 120)}); give a smaller "
+                        "--nll-samples or --repeats, or evaluate where there is more memory") from None
+    except KeyboardInterrupt as e:
+        interrupts.set_phase(interrupts.ENDING)
+        print(f"\n{PROG}: interrupted ({e or 'SIGINT'}); run {args.run_id} keeps what was logged before",
+              file=sys.stderr)
         return 130
     finally:
-        if client.get_run(args.run_id).info.status != status:  # belt and braces: nothing above should change it
-            client.update_run(args.run_id, status=status)
+        if lease is not None:
+            lease.release()
     return 0

@@ -133,6 +133,10 @@ def _to_int(s: pd.Series) -> pd.Series:
     return pd.to_numeric(s, errors="coerce").astype("Int64")
 
 
+EPOCH_METRICS = ("train_loss", "train_recon", "train_kld", "test_loss", "test_recon", "test_kld", "test_mse",
+                 "epoch_seconds")
+
+
 def tidy(raw: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
     """Plain column names, roles (main run, tuning trial, study parent), and a label per configuration."""
     params = sorted(c[len("params."):] for c in raw if c.startswith("params."))
@@ -156,6 +160,8 @@ def tidy(raw: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
         cols["epochs"] = target.where(target.notna(), cols["epochs"])
     for m in metrics:  # a metric wins over a param of the same name (nll_samples is both)
         cols[m] = pd.to_numeric(raw[f"metrics.{m}"], errors="coerce").astype(float)
+    for m in EPOCH_METRICS:  # runs trained --epochs 0 have none: the columns exist all the same, empty
+        cols.setdefault(m, pd.Series(float("nan"), index=raw.index, dtype=float))
     df = pd.DataFrame(cols)
     # Tuning trials and their study's parent run are reported apart. A run with a sweep tag is a run of the
     # comparison, whatever else it says (bench.grid hands combinations out as trials of an Optuna study).

@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from torch import nn
 
 from bench.errors import UserError, first_line
-from bench.tracking.names import CHECKPOINT, FAILURE_TAG, MODEL_NAME, SETTING_TAG
+from bench.tracking.names import CHECKPOINT, FAILURE_TAG, MODEL_EPOCH_TAG, MODEL_NAME, SETTING_TAG
 from bench.tracking.provenance import provenance_tags
 from bench.tracking.store import fluent_tracking_uri, get_or_create_experiment, lock_for
 
@@ -115,21 +115,33 @@ class MlflowTracker:
         except Exception as e:  # MLflow, the file system, or torch.load on a truncated or foreign file
             raise UserError(f"the checkpoint of run {self.run_id} cannot be read ({first_line(e)})") from None
 
-    def log_model(self, model: nn.Module) -> None:
+    def log_model(self, model: nn.Module, epoch: int | None = None) -> None:
         """mlflow.pytorch.log_model, pickled so that encode/decode survive (the pt2 format keeps forward
-        only), with the variants package as code so the model loads without vae-bench installed."""
+        only), with the variants package as code so the model loads without vae-bench installed. The model is
+        tagged with its ``epoch``, and replaces any model the run had (a resumed run holds one model)."""
         import mlflow
         import mlflow.pytorch
 
         import variants
 
         status = self.client.get_run(self.run_id).info.status
+        tags = {} if epoch is None else {MODEL_EPOCH_TAG: str(epoch)}
         with fluent_tracking_uri(self.client.tracking_uri), mlflow.start_run(run_id=self.run_id):
-            mlflow.pytorch.log_model(
+            info = mlflow.pytorch.log_model(
                 copy.deepcopy(model).cpu(), name=MODEL_NAME, serialization_format="pickle",
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                code_paths=[str(Path(variants.__file__).parent)])
+                code_paths=[str(Path(variants.__file__).parent)], tags=tags, step=epoch or 0)
         self.client.update_run(self.run_id, status=status)  # start_run's exit marked it FINISHED
+        for old in self.logged_models():
+            if old.model_id != info.model_id:
+                self.client.delete_logged_model(old.model_id)
+
+    def logged_models(self) -> list[Any]:
+        """The run's logged models (not deleted), newest first."""
+        exp = self.experiment_id
+        found = self.client.search_logged_models([exp], filter_string=f"source_run_id = '{self.run_id}'",
+                                                 order_by=[{"field_name": "creation_timestamp", "ascending": False}])
+        return [m for m in found if m.name == MODEL_NAME]
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)

@@ -20,7 +20,7 @@ class Tracker(Protocol):
 
     def save_checkpoint(self, state: dict[str, Any]) -> None: ...
 
-    def log_model(self, model: nn.Module) -> None: ...
+    def log_model(self, model: nn.Module, epoch: int | None = None) -> None: ...
 
 
 class NullTracker:
@@ -41,7 +41,7 @@ class NullTracker:
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         pass
 
-    def log_model(self, model: nn.Module) -> None:
+    def log_model(self, model: nn.Module, epoch: int | None = None) -> None:
         pass
 
 
@@ -74,5 +74,5 @@ class MemoryTracker(NullTracker):
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         self.checkpoint = copy.deepcopy(state)  # the live tensors change on the next step
 
-    def log_model(self, model: nn.Module) -> None:
+    def log_model(self, model: nn.Module, epoch: int | None = None) -> None:
         self.model = model

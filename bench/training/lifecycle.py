@@ -1,29 +1,36 @@
 """One tracked run from start to end: a new run or a resumed one is prepared (every check before the store is
-touched), trained, its model logged and evaluated, and ended FINISHED, FAILED or KILLED whatever happens."""
+touched), trained, its model logged and evaluated, and ended FINISHED, FAILED or KILLED whatever happens.
+
+Signals (bench.core.interrupts): until the run exists, Ctrl-C or SIGTERM exits at once and leaves nothing; the
+run is created with its params and its owner's claim inside one critical block, and from then on any signal
+ends it KILLED with the signal in ``bench.failure``. One process at a time holds a run
+(bench.tracking.ownership): a second one is refused, or waits with ``--wait``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from bench.core import interrupts
 from bench.core.config import TrainConfig
+from bench.core.data import MNIST, loading_mnist
 from bench.core.data import NAME as DATA_NAME
-from bench.core.data import load_mnist
 from bench.core.devices import resolve_device
-from bench.core.interrupts import graceful_interrupts
+from bench.core.progress import note
 from bench.core.splits import split_validation
-from bench.errors import NonFiniteLoss, UserError, first_line
-from bench.tracking.lookup import get_run
+from bench.errors import NonFiniteLoss, UserError, first_line, out_of_memory
 from bench.tracking.mlflow_tracker import MlflowTracker
-from bench.tracking.names import EPOCHS_TAG, FAILURE_TAG
-from bench.tracking.store import browse_hint, open_store
-from bench.training.identity import restore, run_name, run_params, run_tags
+from bench.tracking.names import FAILURE_TAG
+from bench.tracking.ownership import Lease
+from bench.tracking.store import browse_hint, open_store, resolve_tracking_uri, ui_address
+from bench.training.identity import run_name, run_params, run_tags
 from bench.training.loop import train
 from variants.registry import REGISTRY, Variant, get_variant
 
@@ -43,96 +50,112 @@ def variant_from_args(args: argparse.Namespace) -> Variant:
     return variant
 
 
-# What a resumed run keeps from its start (its params); a resume may change only the other flags.
-FIXED_ON_RESUME = ("variant", "latent", "samples", "decoder", "hidden", "gaussian_variance", "learn_variance",
-                   "batch_size", "lr", "seed", "precision", "binarize", "limit_train", "experiment", "sweep")
-
-
-def given(parser: argparse.ArgumentParser, argv: list[str] | None, dests: Sequence[str]) -> list[str]:
-    """Which of ``dests`` the command line sets, to any value (its default included)."""
-    unset = object()
-    parser.set_defaults(**dict.fromkeys(dests, unset))
-    args = parser.parse_args(argv)
-    return [d for d in dests if getattr(args, d) is not unset]
-
-
 @dataclass
 class Job:
-    """What execute() is given: the run's tracker, its variant and settings, the data, the checkpoint to go on from."""
+    """What execute() is given: the run's tracker, its variant and settings, the data, the checkpoint to go on from,
+    and this process's claim on the run."""
 
     tracker: MlflowTracker
     variant: Variant
     cfg: TrainConfig
     data: Any
     start: dict[str, Any] | None = None
+    lease: Lease | None = None
 
 
-def new_run(client: MlflowClient, args: argparse.Namespace) -> Job:
+@dataclass
+class Life:
+    """What this process has done to its run so far, for a signal that lands between any two statements: the
+    tracker once the run is made (or marked running again), the claim once one is being made."""
+
+    tracker: MlflowTracker | None = None
+    lease: Lease | None = None
+
+
+def say_where(tracker: MlflowTracker, lead: str) -> None:
+    """``lead`` and the run's UI link, as soon as the run is there."""
+    print(f"{lead}; follow it at {ui_address(tracker.client, tracker.experiment_id, tracker.run_id)}", flush=True)
+
+
+def new_run(client: MlflowClient, args: argparse.Namespace, data: Callable[[], MNIST], life: Life) -> Job:
+    """Check everything, then create the run with its params and this process's claim in one critical block:
+    from its first moment the run has what a resume needs, and a signal ends it KILLED."""
     variant = variant_from_args(args)
     cfg = TrainConfig(latent=args.latent, epochs=10 if args.epochs is None else args.epochs,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       device=resolve_device(args.device), precision=args.precision,
                       binarize=args.binarize, limit_train=args.limit_train)
-    data = load_mnist(args.data_dir)
-    split_validation(data, cfg)  # settings the data cannot meet fail here, before a run is made
-    tracker = MlflowTracker.start(client, args.experiment, run_name(variant, cfg),
-                                  run_params(variant, cfg, data.digest), tags=run_tags(variant, args.sweep))
-    tracker.log_dataset(DATA_NAME, data.digest, data.source, "train", data.test_x[:1].numpy())
-    return Job(tracker, variant, cfg, data)
+    mnist = data()
+    split_validation(mnist, cfg)  # settings the data cannot meet fail here, before a run is made
+    lease = Lease(client, "", "training")
+    with interrupts.critical():  # a signal meanwhile is held, then ends the run KILLED (run_command)
+        tracker = MlflowTracker.start(client, args.experiment, run_name(variant, cfg),
+                                      run_params(variant, cfg, mnist.digest),
+                                      tags={**run_tags(variant, args.sweep), **lease.claim_tag(held=True)})
+        life.tracker, life.lease = tracker, lease.born(tracker.run_id)
+        interrupts.set_phase(interrupts.OWNING)
+    return Job(tracker, variant, cfg, mnist, None, lease)
 
 
-def resumed_run(client: MlflowClient, parser: argparse.ArgumentParser, args: argparse.Namespace,
-                argv: list[str] | None) -> Job | None:
-    """The run of --resume, ready to go on from its checkpoint (None: it has nothing left to do). Every check
-    comes before the run is touched: a refused resume leaves it as it was."""
-    run = get_run(client, args.resume)
-    if fixed := given(parser, argv, FIXED_ON_RESUME):
-        flags = ", ".join("--" + d.replace("_", "-") for d in fixed)
-        raise UserError(f"--resume continues run {args.resume} with the settings it started with; drop {flags} "
-                        "(a resume takes --epochs, --device, --data-dir, --tracking-uri, --nll-samples)")
-    variant, cfg = restore(run, args.epochs, resolve_device(args.device))
-    tracker = MlflowTracker(client, args.resume)
-    start = tracker.load_checkpoint()
-    done = start["epoch"] if start else 0
-    history = client.get_metric_history(args.resume, "train_loss")
-    if start is None and history:
-        raise UserError(f"run {args.resume} has {len(history)} epochs logged but no checkpoint to resume from "
-                        "(tuning trials keep none); start a new run")
-    if done >= cfg.epochs and run.info.status == "FINISHED":
-        print(f"run {args.resume} has already trained {done} epochs (target {cfg.epochs}); nothing to do")
-        return None
-    if done > cfg.epochs:
-        raise UserError(f"run {args.resume} has already trained {done} epochs; give --epochs {done} or more")
-    data = load_mnist(args.data_dir)
-    split_validation(data, cfg)
-    if str(cfg.epochs) != run.data.params.get("epochs") or EPOCHS_TAG in run.data.tags:
-        tracker.set_tags({EPOCHS_TAG: str(cfg.epochs)})
-    if start is not None and not any(m.step == done for m in history):
-        tracker.log_metrics(start["metrics"], step=done)  # interrupted between checkpoint and metrics
-    tracker.mark_running()
-    print(f"resuming run {args.resume} ({run.info.run_name}) after epoch {done}")
-    trained_on = run.data.params.get("device", cfg.device)
-    if trained_on.split(":")[0] != cfg.device.split(":")[0]:
-        print(f"note: it trained on {trained_on} and resumes on {cfg.device}, whose random draws differ: the "
-              f"result will not match an uninterrupted run; give --device {trained_on} to match it")
-    return Job(tracker, variant, cfg, data, start)
+def prewarm() -> None:
+    """Import on a thread, while the store opens and the data loads, what the first optimiser step would import
+    (torch._dynamo: about 3 s here; torch.optim imports it on first use)."""
+    import threading
+
+    threading.Thread(target=lambda: __import__("torch._dynamo"), name="prewarm", daemon=True).start()
 
 
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     """What ``python -m bench.run`` does with its arguments."""
+    from bench.training.resume import resumed_run
+
     args = parser.parse_args(argv)
     if args.list:
         width = max(map(len, REGISTRY))
         for name, v in REGISTRY.items():
             print(f"{name:<{width}}  {v.description}")
         return 0
-    client = open_store(args.tracking_uri, existing=bool(args.resume))
-    job = resumed_run(client, parser, args, argv) if args.resume else new_run(client, args)
-    if job is None:
-        return 0
-    progress = not args.no_progress and sys.stderr.isatty()
-    return execute(job.tracker, job.variant, job.cfg, job.data, job.start, progress=progress,
-                   nll_samples=args.nll_samples)
+    prewarm()
+    life = Life()
+    try:
+        # MNIST is decompressed and checksummed (GIL released) while the store opens.
+        with loading_mnist(args.data_dir) as data:
+            note(f"opening the tracking store {resolve_tracking_uri(args.tracking_uri)} and loading MNIST ...")
+            client = open_store(args.tracking_uri, existing=bool(args.resume))
+            note("")
+            job = (resumed_run(client, parser, args, argv, data, life) if args.resume
+                   else new_run(client, args, data, life))
+        if job is None:
+            return 0
+        progress = not args.no_progress and sys.stderr.isatty()
+        return execute(job.tracker, job.variant, job.cfg, job.data, job.start, progress=progress,
+                       nll_samples=args.nll_samples, lease=job.lease, new=args.resume is None)
+    except KeyboardInterrupt as e:  # outside execute's own handling: before it, or between two statements
+        if life.tracker is not None:
+            return interrupted(life.tracker, life.lease, e)
+        interrupts.set_phase(interrupts.ENDING)
+        if life.lease is not None:
+            life.lease.release()
+        left = f"run {args.resume} is left as it was" if args.resume else "nothing recorded"
+        print(f"\n{PROG}: interrupted ({e or 'SIGINT'}); {left}", file=sys.stderr)
+        return 130
+
+
+class NewMetricsOnly:
+    """The tracker, minus the metrics it already holds at the step given (a redone evaluation's)."""
+
+    def __init__(self, tracker: MlflowTracker) -> None:
+        self.tracker = tracker
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tracker, name)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        client, run_id = self.tracker.client, self.tracker.run_id
+        new = {k: v for k, v in metrics.items()
+               if not any(m.step == step for m in client.get_metric_history(run_id, k))}
+        if new:
+            self.tracker.log_metrics(new, step)
 
 
 def record_end(tracker: MlflowTracker, status: str, reason: str) -> None:
@@ -145,37 +168,66 @@ def record_end(tracker: MlflowTracker, status: str, reason: str) -> None:
         print(f"{PROG}: could not mark run {tracker.run_id} {status} ({first_line(e)})", file=sys.stderr)
 
 
-def execute(tracker: MlflowTracker, variant: Variant, cfg: TrainConfig, data: Any,
-            start: dict[str, Any] | None, progress: bool, nll_samples: int = 0, hint: bool = True) -> int:
-    """Train under the tracker; whatever happens, the run ends recorded: FINISHED, FAILED or KILLED. ``hint``:
-    end with a line on how to browse the run (a sweep prints one for all its runs instead)."""
-    from bench.evaluation.run_evaluation import (
-        final_evaluation,  # here: it pulls in pandas and matplotlib (seconds at start-up)
-    )
+def interrupted(tracker: MlflowTracker, lease: Lease | None, e: BaseException) -> int:
+    """A signal stopped the run: KILLED with the signal as the reason, the claim given up, one line."""
+    interrupts.set_phase(interrupts.ENDING)
+    record_end(tracker, "KILLED", f"interrupted ({e or 'SIGINT'})")
+    if lease is not None:
+        lease.release()
+    print(f"\n{PROG}: run {tracker.run_id} killed; resume it with --resume {tracker.run_id}", file=sys.stderr)
+    return 130
 
+
+def execute(tracker: MlflowTracker, variant: Variant, cfg: TrainConfig, data: Any,
+            start: dict[str, Any] | None, progress: bool, nll_samples: int = 0, lease: Lease | None = None,
+            new: bool = False, hint: bool = True) -> int:
+    """Train under the tracker; whatever happens, the run ends recorded: FINISHED, FAILED or KILLED. Without a
+    ``lease`` (a grid's run) the run is claimed here; it is given up at the end either way. ``new``: bench.run's
+    new run, whose id is printed and whose data set is logged here."""
     run_id = tracker.run_id
     try:
-        with graceful_interrupts():
+        with interrupts.graceful_interrupts():
+            if lease is None:
+                lease = Lease(tracker.client, run_id, "training").claim()
+            if new:
+                say_where(tracker, f"started run {run_id} ({run_name(variant, cfg)})")
+                tracker.log_dataset(DATA_NAME, data.digest, data.source, "train", data.test_x[:1].numpy())
             result = train(variant, cfg, data, tracker, start=start, progress=progress)
-            tracker.log_model(result.model)  # first: an interrupted evaluation can be redone by bench.evaluate
-            final_evaluation(result.model, variant, cfg, data, tracker, nll_samples=nll_samples, progress=progress)
-            tracker.finish("FINISHED")
+            # The model first: an interrupted evaluation can be redone by bench.evaluate. Held from signals: the
+            # new model and the removal of the one a previous attempt logged go together.
+            with interrupts.critical():
+                tracker.log_model(result.model, epoch=cfg.epochs)
+            from bench.evaluation.run_evaluation import final_evaluation  # pandas, matplotlib: not at start-up
+
+            # A resume of a run stopped during its final evaluation evaluates again: the metrics logged before
+            # are not logged twice at their step.
+            final_evaluation(result.model, variant, cfg, data, tracker if start is None else NewMetricsOnly(tracker),
+                             nll_samples=nll_samples, progress=progress)
+            with interrupts.critical():
+                tracker.finish("FINISHED")
+                interrupts.set_phase(interrupts.ENDING)
     except NonFiniteLoss as e:
         record_end(tracker, "FAILED", str(e))
         print(f"{PROG}: run {run_id} failed: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
-        record_end(tracker, "KILLED", f"interrupted ({e or 'SIGINT'})")
-        print(f"\n{PROG}: run {run_id} killed; resume it with --resume {run_id}", file=sys.stderr)
-        return 130
+        return interrupted(tracker, lease, e)
     except (MlflowException, OSError) as e:  # the tracking store or the disk gave way: the user's to mend
         reason = f"{type(e).__name__}: {first_line(e)}"
         record_end(tracker, "FAILED", reason)
         raise UserError(f"run {run_id} stopped ({reason}); once that is mended, resume it with --resume {run_id}"
                         ) from None
     except BaseException as e:
+        if out_of_memory(e):
+            record_end(tracker, "FAILED", f"out of memory: {first_line(e)}")
+            raise UserError(f"run {run_id} ran out of memory ({first_line(e, 120)}); its last checkpoint is kept: "
+                            f"resume it with --resume {run_id} where there is more memory, or start a smaller run"
+                            ) from None
         record_end(tracker, "FAILED", f"{type(e).__name__}: {e}")
         raise
-    if hint:
+    finally:
+        if lease is not None:
+            lease.release()
+    if hint:  # a sweep prints one hint for all its runs instead
         print(f"run {run_id} finished; {browse_hint(tracker.client, tracker.experiment_id, run_id)}")
     return 0

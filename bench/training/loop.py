@@ -35,6 +35,8 @@ from variants.model import VAE
 from variants.registry import Variant
 
 CHECK_EVERY = 50  # batches between finiteness checks (each one syncs with the device)
+CLOCK_EVERY = 4  # batches between clock reads, for the progress bar
+BAR_SECONDS = 1.0  # the bar is redrawn at least this often (the issue asks for 2 s at most)
 
 
 @dataclass
@@ -93,6 +95,7 @@ def train(
             sums = torch.zeros(2, device=device)
             bar = tqdm(total=n, desc=f"epoch {epoch}/{cfg.epochs}", unit="img", disable=not progress,
                        leave=False, dynamic_ncols=True)
+            shown = time.monotonic()
             for b, i in enumerate(range(0, n, bs)):
                 xb = train_x.index_select(0, perm[i:i + bs])  # ~3x faster than train_x[idx] on CPU
                 if cfg.binarize == "dynamic":
@@ -103,7 +106,11 @@ def train(
                 terms.objective.sum().backward()  # summed over the batch, as the seed's reduction='sum'
                 opt.step()
                 sums += torch.stack((terms.recon.sum(), terms.kld.sum())).detach()
-                if (b + 1) % CHECK_EVERY == 0:
+                # The bar moves at least every BAR_SECONDS of work: a clock read every few batches (no device sync);
+                # the sync (the loss for the bar, the finiteness check) only when the bar is redrawn.
+                if (b + 1) % CHECK_EVERY == 0 or (progress and (b + 1) % CLOCK_EVERY == 0
+                                                  and time.monotonic() - shown >= BAR_SECONDS):
+                    shown = time.monotonic()
                     seen = min(i + bs, n)
                     total = float(sums.sum())
                     if not math.isfinite(total):
@@ -126,8 +133,10 @@ def train(
             for path in save_grids(model, held_out, epoch, Path(tmp), cfg.seed):
                 tracker.log_artifact(path, "images")
             metrics["train_samples_per_second"] = n / train_seconds
-            # Signals wait until both are written; if the store fails between them, --resume logs the metrics
-            # from the checkpoint (bench.run).
+            # The checkpoint carries the epoch's metrics, epoch_seconds among them: a process killed between the
+            # two writes (SIGKILL, a store failure) loses nothing, as --resume logs them from the checkpoint.
+            # Signals wait until both are written.
+            metrics["epoch_seconds"] = time.perf_counter() - t0
             with critical():
                 # torch_rng, torch's global RNG, restored on resume: the harness's own draws come from streams
                 # keyed by (purpose, seed, epoch) and need no saved state; it is kept for anything that draws from
@@ -135,7 +144,6 @@ def train(
                 tracker.save_checkpoint({"epoch": epoch, "model": model.state_dict(),
                                          "optimizer": opt.state_dict(), "metrics": metrics,
                                          "torch_rng": torch.get_rng_state()})
-                metrics["epoch_seconds"] = time.perf_counter() - t0
                 tracker.log_metrics(metrics, step=epoch)
             history.append(metrics)
             log(f"====> Epoch: {epoch} Average loss: {metrics['train_loss']:.4f}  "

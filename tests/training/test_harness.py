@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import math
 import re
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -212,3 +214,20 @@ def test_harness_settings_finish_with_finite_metrics(overrides: dict[str, str], 
 def test_bad_settings_are_user_errors(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(UserError, match=message):
         tiny(**overrides)
+
+
+@dataclass(frozen=True)
+class Slow(Variant):
+    """sgvb_b at 0.15 s per minibatch: a few seconds of work in fewer batches than the loop's NaN-check period."""
+
+    def estimate(self, model, x, gen=None):  # noqa: ANN001, ANN201 - Variant's signature
+        time.sleep(0.15)
+        return super().estimate(model, x, gen)
+
+
+def test_the_epoch_bar_moves_during_an_epoch_of_few_batches(mnist: MNIST, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 10: with --limit-train 5000 the bar stayed at 0/5000 all epoch (it moved every 50 batches)."""
+    cfg = tiny(epochs=1, batch_size=16, limit_train=320)  # 20 batches, 3 s
+    train(Slow("slow", "", hidden=16), cfg, mnist, progress=True, log=lambda _: None)
+    shown = [int(n) for n in re.findall(r"(\d+)/320", capsys.readouterr().err)]
+    assert any(0 < n < 320 for n in shown), shown

@@ -3,6 +3,10 @@ below what is trained, bad data at resume time, and a tracking store that fails 
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -18,8 +22,9 @@ from bench.errors import UserError
 from bench.run import PROG
 from bench.run import main as run_main
 from bench.tracking.mlflow_tracker import MlflowTracker
-from bench.tracking.names import CHECKPOINT, EPOCHS_TAG, FAILURE_TAG
+from bench.tracking.names import CHECKPOINT, EPOCHS_TAG, FAILURE_TAG, MODEL_EPOCH_TAG
 from bench.training.lifecycle import execute
+from tests.conftest import CODE
 from variants import get_variant
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -110,12 +115,25 @@ def test_limit_train_beyond_the_data_is_refused_before_a_run_is_made(tracking_ur
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
 
 
-def test_resume_refuses_flags_that_would_change_the_run(tracking_uri: str, killed_run: str,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    rc, err = bench_run(["--resume", killed_run, "--lr", "0.1", "--variant", "sgvb_b", "--tracking-uri",
-                         tracking_uri], capsys)
-    assert rc == 2 and "drop --variant, --lr" in err
+def test_resume_refuses_only_the_flags_that_differ_naming_both_values(tracking_uri: str, killed_run: str,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    rc, err = bench_run(["--resume", killed_run, "--lr", "0.1", "--variant", "sgvb_b", "--latent", "3",
+                         "--seed", "1", "--tracking-uri", tracking_uri], capsys)
+    assert rc == 2
+    assert "--latent 3 (the run's: 2), --lr 0.1 (the run's: 0.001) differ; drop them" in err
+    assert "--variant" not in err and "--seed" not in err  # the run's own values
     assert MlflowClient(tracking_uri).get_run(killed_run).info.status == "KILLED"
+
+
+def test_resume_accepts_the_command_line_that_made_the_run(tracking_uri: str, killed_run: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 10: the same command line with --resume added is not refused (1e-3 and 0.001 are one value)."""
+    rc, _ = bench_run([*SMALL, "--epochs", "3", "--lr", "1e-3", "--experiment", "vae-bench", "--resume", killed_run,
+                       "--tracking-uri", tracking_uri], capsys)
+    assert rc == 0
+    client = MlflowClient(tracking_uri)
+    assert client.get_run(killed_run).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(killed_run, "train_loss")] == [1, 2, 3]
 
 
 def test_a_resumed_run_sheds_its_old_failure_and_records_its_new_target(tracking_uri: str, killed_run: str,
@@ -145,3 +163,61 @@ def test_the_global_torch_rng_is_restored_on_resume(mnist) -> None:
     train(get_variant("sgvb_b"), TrainConfig(latent=2, epochs=2, limit_train=200, device="cpu"), mnist, second,
           start=start)
     assert torch.equal(second.checkpoint["torch_rng"], marked)
+
+
+# A real process that trains with a tracker killing it (SIGKILL, no handler runs) right after epoch 2's checkpoint.
+KILLED_AFTER_CHECKPOINT = """
+import os, signal, sys
+from mlflow import MlflowClient
+from bench.core.config import TrainConfig
+from bench.core.data import load_mnist
+from bench.tracking.mlflow_tracker import MlflowTracker
+from bench.training.identity import run_params
+from bench.training.lifecycle import execute
+from variants import get_variant
+
+
+class DiesAfterCheckpoint(MlflowTracker):
+    def log_metrics(self, metrics, step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().log_metrics(metrics, step)
+
+
+client = MlflowClient(sys.argv[1])
+variant, cfg, data = get_variant("sgvb_b"), TrainConfig(latent=2, epochs=3, limit_train=300), load_mnist()
+run = MlflowTracker.start(client, "vae-bench", "sgvb_b-z2-L1-s1", run_params(variant, cfg, data.digest))
+print(run.run_id, flush=True)
+execute(DiesAfterCheckpoint(client, run.run_id), variant, cfg, data, None, progress=False)
+"""
+
+
+def test_a_sigkill_between_checkpoint_and_metrics_loses_nothing(tracking_uri: str,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 13 item 8: the epoch's epoch_seconds travels with the checkpoint; the dead owner's claim is no bar."""
+    env = {**os.environ, **CODE, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", KILLED_AFTER_CHECKPOINT, tracking_uri], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    run_id = proc.stdout.split()[0]
+    client = MlflowClient(tracking_uri)
+    assert client.get_run(run_id).info.status == "RUNNING"  # nothing could record its end
+    assert [m.step for m in client.get_metric_history(run_id, "epoch_seconds")] == [1]
+    rc, err = bench_run(["--resume", run_id, "--tracking-uri", tracking_uri, "--no-progress"], capsys)
+    assert rc == 0, err
+    for name in ("epoch_seconds", "train_loss", "test_loss"):
+        assert [m.step for m in client.get_metric_history(run_id, name)] == [1, 2, 3], name
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_run_holds_one_model_after_any_number_of_resumes(tracking_uri: str, killed_run: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    client = MlflowClient(tracking_uri)
+    # The last one as after a kill during the final evaluation: nothing left to train, the evaluation is redone.
+    for epochs in (3, 4, 4):
+        client.set_terminated(killed_run, "KILLED")
+        rc, err = bench_run(["--resume", killed_run, "--epochs", str(epochs), "--tracking-uri", tracking_uri], capsys)
+        assert rc == 0, err
+    models = MlflowTracker(client, killed_run).logged_models()
+    assert len(models) == 1 and models[0].tags[MODEL_EPOCH_TAG] == "4"
+    assert [m.step for m in client.get_metric_history(killed_run, "active_units")] == [2, 3, 4]  # none twice
