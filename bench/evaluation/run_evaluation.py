@@ -4,7 +4,8 @@ after its last epoch.
 Always: ``active_units`` (Burda et al.'s rule) and the KL per latent dimension (evaluation/kl_per_dim.*);
 for 2-D latents the test set's scatter and the 20x20 learned manifold. With K > 0 importance samples,
 ``test_nll`` (the K-sample IWAE bound, bench.evaluation.nll), ``test_nll_stderr`` and ``nll_samples``. With
-gradient variance, gradvar_* / gradsnr_* for every estimator (bench.evaluation.gradvar) and evaluation/gradvar.*.
+gradient variance, gradvar/... and gradsnr/... for every estimator (bench.evaluation.gradvar) and
+evaluation/gradvar.*.
 The test set is binarised as the run's training was (its ``binarize`` param). Only MlflowClient calls
 write to the run, so its status (FINISHED, FAILED, KILLED) stays as it was.
 """
@@ -19,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tabulate import tabulate
 from torch import Tensor, nn
 
 from bench.core.config import TrainConfig
@@ -61,15 +61,10 @@ def evaluate_model(model: nn.Module, test_x: Tensor, test_y: Tensor, tracker: Tr
             log(f"test NLL {result.nll:.3f} +- {result.stderr:.3f} nats ({nll_samples} importance samples, "
                 f"{len(test_x)} images)")
         if gradient_variance:
-            stats = gradvar.measure_all(model, test_x[:gradvar.BATCH], repeats)
-            metrics.update(gradvar.gradvar_metrics(stats))
-            metrics["gradvar_repeats"] = float(repeats)
-            gtable = gradvar.gradvar_table(stats)
-            files += [folder / "gradvar.csv", folder / "gradvar.md"]
-            gtable.to_csv(files[-2], index=False)
-            text = tabulate(gtable, headers="keys", showindex=False, floatfmt=".4g", tablefmt="github")
-            files[-1].write_text(f"Gradient variance over {repeats} noise draws, minibatch of "
-                                 f"{min(gradvar.BATCH, len(test_x))} test images (total variance, SNR)\n\n{text}\n")
+            gmetrics, gparams, gfiles, text = gradvar.evaluate_gradvar(model, test_x, repeats, folder)
+            metrics.update(gmetrics)
+            tracker.log_new_params(gparams)  # settings are params (GRADVAR_CONTRACT.md)
+            files += gfiles
             log(text)
         log(f"active units {int(metrics['active_units'])} of {model.latent}; "
             f"KL per dimension in {ARTIFACT_DIR}/kl_per_dim.md")
