@@ -102,33 +102,40 @@ def load_run_model(client: Any, run_id: str) -> nn.Module:
                         "evaluate a run that finished training") from None
 
 
+def open_run(tracking_uri: str | None, run_id: str, device: str, data_dir: str | None) -> tuple[
+        Any, Any, nn.Module, Any, Tensor]:
+    """(client, run, its model on the device, MNIST, the test images binarised as the run was trained), or a
+    UserError naming what is wrong (no such run, no model, other data)."""
+    client = open_store(tracking_uri, existing=True)
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise UserError(f"no run with id {run_id!r} in {client.tracking_uri}; "
+                        "give the id of a run made by bench.run") from None
+    params = run.data.params
+    device = resolve_device(device)
+    cfg = TrainConfig(binarize=params.get("binarize", "none"), device=device)
+    model = load_run_model(client, run_id).to(device)
+    data = load_mnist(data_dir)
+    if params.get("data_digest", data.digest) != data.digest:
+        raise UserError(f"run {run_id} was trained on MNIST with digest {params['data_digest']}, but "
+                        f"{data.source} has digest {data.digest}; give --data-dir the run's data")
+    return client, run, model, data, prepare_test(data, cfg, torch.device(device))
+
+
 def evaluate_run(args: argparse.Namespace) -> int:
     """What ``python -m bench.evaluate`` does with its arguments."""
     if args.gradient_variance and args.repeats < 2:
         raise UserError(f"--repeats must be at least 2 to measure a variance, got {args.repeats}")
-    client = open_store(args.tracking_uri, existing=True)
-    try:
-        run = client.get_run(args.run_id)
-    except Exception:
-        raise UserError(f"no run with id {args.run_id!r} in {client.tracking_uri}; "
-                        "give the id of a run made by bench.run") from None
+    client, run, model, data, test_x = open_run(args.tracking_uri, args.run_id, args.device, args.data_dir)
     status = run.info.status
-    params = run.data.params
-    device = resolve_device(args.device)
-    cfg = TrainConfig(binarize=params.get("binarize", "none"), device=device)
-    model = load_run_model(client, args.run_id).to(device)
-    data = load_mnist(args.data_dir)
-    if params.get("data_digest", data.digest) != data.digest:
-        raise UserError(f"run {args.run_id} was trained on MNIST with digest {params['data_digest']}, but "
-                        f"{data.source} has digest {data.digest}; give --data-dir the run's data")
-    test_x = prepare_test(data, cfg, torch.device(device))
-    test_y = data.test_y.to(device)
+    test_y = data.test_y.to(test_x.device)
     if args.limit_test:
         test_x, test_y = test_x[:args.limit_test], test_y[:args.limit_test]
     history = client.get_metric_history(args.run_id, "train_loss")
     step = max((m.step for m in history), default=0)  # the evaluation sits at the run's last epoch
     print(f"evaluating run {args.run_id} ({run.info.run_name}, {status}) on {len(test_x)} test images, "
-          f"binarize={cfg.binarize}")
+          f"binarize={run.data.params.get('binarize', 'none')}")
     # A subset's numbers would sit under the full test set's names (test_nll, active_units): print them only.
     tracker: Tracker = MlflowTracker(client, args.run_id) if not args.limit_test else NullTracker()
     if args.limit_test:
