@@ -5,7 +5,9 @@ snr (python -m bench.snr) and the SNR logged during training.
 For an estimator e and a minibatch x of M datapoints, one draw is the gradient g = grad (1/M sum_i objective_e(x_i))
 at fixed parameters, its noise eps drawn up front from one seeded generator (variants.terms.fixed_noise hands
 each draw its slice). Draws are taken in chunks sized to bound memory; each chunk's gradients are reduced at once
-into per-parameter sums (float64 where the device has it), kept per group of draws for the jackknife.
+into per-parameter sums, kept per group of draws for the jackknife: sums of g - ref (ref = the first chunk's mean,
+so that sum g^2 - R mean^2 does not cancel when |E g| >> std g), in float32 within a chunk (a [G, chunk] x
+[chunk, P] product) and float64 across chunks (float32 on mps).
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ PARTS = ("encoder", "decoder")
 
 @dataclass
 class Moments:
-    """Per-parameter sums of one network's gradient draws: s1, s2 = sum g, sum g^2, per group of draws [G, P]."""
+    """Per-parameter sums of one network's gradient draws: s1, s2 = sum (g - ref), sum (g - ref)^2, per group of
+    draws [G, P]."""
 
     s1: Tensor
     s2: Tensor
     count: Tensor  # [G] draws per group
+    ref: Tensor  # [P] the shift
 
     def summary(self, leave_out: int | None = None) -> dict[str, float]:
         """Over all draws (or all but group ``leave_out``): ``variance`` = sum_p Var(g_p); ``snr`` = ||E g||^2 / V
@@ -42,8 +46,9 @@ class Moments:
             keep[leave_out] = False
         r = float(self.count[keep].sum())
         s1, s2 = self.s1[keep].sum(0), self.s2[keep].sum(0)
-        mean = s1 / r
-        var_p = ((s2 - r * mean * mean) / (r - 1)).clamp_min(0)
+        shifted = s1 / r
+        var_p = ((s2 - r * shifted * shifted) / (r - 1)).clamp_min(0)
+        mean = shifted + self.ref
         var = float(var_p.sum())
         signal = float(mean.pow(2).sum()) - var / r
         varies = var_p > 0
@@ -90,21 +95,27 @@ def gradient_moments(model: nn.Module, x: Tensor, variant: Variant, repeats: int
     eps = draw_noise(variant, x, model.latent, repeats, seed)
     per_draw = vmap(grad(lambda p, e: functional_call(objective, p, (e,))), in_dims=(None, 0))
     dtype = accumulation_dtype(x.device)
-    size = {part: sum(params[n].numel() for n in ns) for part, ns in names.items()}
-    out = {part: Moments(torch.zeros(groups, n, dtype=dtype, device=x.device),
-                         torch.zeros(groups, n, dtype=dtype, device=x.device),
-                         torch.zeros(groups, dtype=dtype, device=x.device)) for part, n in size.items()}
     group_of = torch.arange(repeats, device=x.device) * groups // repeats
     chunk = max(1, min(MAX_DRAWS, max_rows // (variant.draws() * len(x))))
+    sums: dict[str, tuple[Tensor, Tensor]] = {}
+    refs: dict[str, Tensor] = {}
     with torch.enable_grad():
         for i in range(0, repeats, chunk):
             g = per_draw(params, eps[i:i + chunk])
-            idx = group_of[i:i + chunk]
-            for part, ns in names.items():
-                flat = torch.cat([g[n].reshape(len(idx), -1) for n in ns], dim=1).to(dtype)
-                m = out[part]
-                m.s1.index_add_(0, idx, flat)
-                m.s2.index_add_(0, idx, flat * flat)
-                m.count.index_add_(0, idx, torch.ones(len(idx), dtype=dtype, device=x.device))
+            c = len(g[next(iter(g))])
+            onehot = torch.zeros(groups, c, device=x.device)
+            onehot[group_of[i:i + c], torch.arange(c, device=x.device)] = 1.0
+            for n, gn in g.items():
+                gn = gn.reshape(c, -1)
+                if n not in refs:
+                    refs[n] = gn.mean(0)
+                    sums[n] = (torch.zeros(groups, gn.shape[1], dtype=dtype, device=x.device),
+                               torch.zeros(groups, gn.shape[1], dtype=dtype, device=x.device))
+                d = gn - refs[n]
+                sums[n][0].add_(onehot @ d)
+                sums[n][1].add_(onehot @ (d * d))
+    count = torch.bincount(group_of, minlength=groups).to(dtype)
+    out = {part: Moments(torch.cat([sums[n][0] for n in ns], 1), torch.cat([sums[n][1] for n in ns], 1), count,
+                         torch.cat([refs[n] for n in ns]).to(dtype)) for part, ns in names.items()}
     model.train(was_training)
     return out

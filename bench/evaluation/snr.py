@@ -157,3 +157,19 @@ def figure(table: pd.DataFrame, title: str, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+TRAIN_REPEATS = 100  # draws per SNR measurement during training (bench.run --snr-every)
+TRAIN_SEED = 2019
+
+
+def training_snr(model: nn.Module, variant: Variant, x: Tensor, repeats: int = TRAIN_REPEATS) -> dict[str, float]:
+    """The run's own estimator's gradient SNR on the fixed minibatch ``x``, same noise at every epoch (paired):
+    snr/train/<part> (per-parameter) and snr/train/norm/<part>."""
+    moments = gradient_moments(model, x, variant, repeats, TRAIN_SEED)
+    out: dict[str, float] = {}
+    for part in PARTS:
+        s = moments[part].summary()
+        out[f"snr/train/{part}"] = s["snr_param"]
+        out[f"snr/train/norm/{part}"] = s["snr"]
+    return out

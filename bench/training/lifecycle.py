@@ -135,7 +135,7 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         return 0
     progress = not args.no_progress and sys.stderr.isatty()
     return execute(job.tracker, job.variant, job.cfg, job.data, job.start, progress=progress,
-                   nll_samples=args.nll_samples)
+                   nll_samples=args.nll_samples, snr_every=getattr(args, "snr_every", 0))
 
 
 def record_end(tracker: MlflowTracker, status: str, reason: str) -> None:
@@ -149,7 +149,7 @@ def record_end(tracker: MlflowTracker, status: str, reason: str) -> None:
 
 
 def execute(tracker: MlflowTracker, variant: Variant, cfg: TrainConfig, data: Any,
-            start: dict[str, Any] | None, progress: bool, nll_samples: int = 0) -> int:
+            start: dict[str, Any] | None, progress: bool, nll_samples: int = 0, snr_every: int = 0) -> int:
     """Train under the tracker; whatever happens, the run ends recorded: FINISHED, FAILED or KILLED."""
     from bench.evaluation.run_evaluation import (
         final_evaluation,  # here: it pulls in pandas and matplotlib (seconds at start-up)
@@ -158,7 +158,7 @@ def execute(tracker: MlflowTracker, variant: Variant, cfg: TrainConfig, data: An
     run_id = tracker.run_id
     try:
         with graceful_interrupts():
-            result = train(variant, cfg, data, tracker, start=start, progress=progress)
+            result = train(variant, cfg, data, tracker, start=start, progress=progress, snr_every=snr_every)
             tracker.log_model(result.model)  # first: an interrupted evaluation can be redone by bench.evaluate
             final_evaluation(result.model, variant, cfg, data, tracker, nll_samples=nll_samples, progress=progress)
             tracker.finish("FINISHED")
