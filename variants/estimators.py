@@ -1,79 +1,36 @@
-"""ELBO estimators: (model, x, L) -> per-datapoint loss terms, each with the seed's equation.
+"""ELBO estimators: (model, x, L, gen, **options) -> per-datapoint loss terms, each with its equation and paper.
 
-Notation (seed, Kingma & Welling 2014): q(z|x) = N(mu, sigma^2 I), p(z) = N(0, I), J latent dims,
-z^(l) = g(eps^(l), x) = mu + sigma * eps^(l), eps^(l) ~ N(0, I), l = 1..L.
-
-Every estimator returns ``LossTerms`` with tensors of shape [B] (one value per datapoint, in nats):
-``recon`` (the sampled -log p(x|z) part), ``kld`` (the rest), and ``loss = recon + kld = -ELBO
-estimate``. ``surrogate`` is set when the gradient to follow is not the gradient of ``loss`` (the
-score-function estimator); ``objective`` is what the harness differentiates.
+The building blocks (LossTerms, the noise, the log densities, the notation) are in variants.terms; the
+importance-weighted family (IWAE, IWAE-STL, IWAE-DReG, MIWAE, PIWAE, CIWAE) in variants.importance.
+An estimator's keyword options (``baseline``, ``groups``, ``beta``) are the variant axes it is given
+(variants.registry passes exactly the ones its signature names).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from variants.importance import ciwae, iwae, iwae_dreg, iwae_stl, miwae, piwae
 from variants.model import VAE
-
-LOG_2PI = math.log(2 * math.pi)
-
-
-@dataclass
-class LossTerms:
-    recon: Tensor
-    kld: Tensor
-    surrogate: Tensor | None = None
-
-    @property
-    def loss(self) -> Tensor:
-        return self.recon + self.kld
-
-    @property
-    def objective(self) -> Tensor:
-        return self.loss if self.surrogate is None else self.surrogate
-
-
-def sample_eps(mu: Tensor, samples: int, gen: torch.Generator | None) -> Tensor:
-    """eps^(l) ~ N(0, I), shape [L, B, J]."""
-    return torch.randn((samples, *mu.shape), generator=gen, device=mu.device, dtype=mu.dtype)
-
-
-def analytic_kl(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(q(z|x) || p(z)) = -1/2 sum_j (1 + log sigma_j^2 - mu_j^2 - sigma_j^2)   (seed, Appendix A)."""
-    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=-1)
-
-
-def log_normal_std(z: Tensor) -> Tensor:
-    """log p(z) = -J/2 log 2pi - 1/2 sum_j z_j^2."""
-    return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
-
-
-def log_q(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """log q(z|x) = -J/2 log 2pi - 1/2 sum_j (log sigma_j^2 + (z_j - mu_j)^2 / sigma_j^2)."""
-    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar)).sum(-1)
-
-
-def _log_weights(model: VAE, x: Tensor, samples: int, gen: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    """log p(x|z_l) and log p(z_l) - log q(z_l|x) for L reparameterised samples: two [L, B] tensors."""
-    mu, logvar = model.encode(x)
-    eps = sample_eps(mu, samples, gen)
-    z = mu + torch.exp(0.5 * logvar) * eps
-    log_px_z = model.likelihood.log_prob(x, model.decode(z))
-    # log q(z|x) at z = mu + sigma*eps is -J/2 log 2pi - 1/2 sum_j (log sigma_j^2 + eps_j^2): the same
-    # value and the same gradient in phi as log_q(z, mu, logvar), since (z - mu) / sigma == eps.
-    log_qz = -0.5 * (LOG_2PI + logvar + eps.pow(2)).sum(-1)
-    return log_px_z, log_normal_std(z) - log_qz
+from variants.terms import (  # noqa: F401  (re-exported: the estimators' building blocks)
+    LOG_2PI,
+    LossTerms,
+    analytic_kl,
+    fixed_noise,
+    log_normal_std,
+    log_q,
+    log_weights,
+    sample_eps,
+)
 
 
 def sgvb_a(model: VAE, x: Tensor, samples: int = 1, gen: torch.Generator | None = None) -> LossTerms:
     """L^A(x) = 1/L sum_l [log p(x, z^(l)) - log q(z^(l)|x)]: every term sampled."""
-    log_px_z, log_pz_minus_log_qz = _log_weights(model, x, samples, gen)
-    return LossTerms(recon=-log_px_z.mean(0), kld=-log_pz_minus_log_qz.mean(0))
+    w = log_weights(model, x, samples, gen)
+    return LossTerms(recon=-w.log_px_z.mean(0), kld=-w.log_pz_minus_log_qz.mean(0))
 
 
 def sgvb_b(model: VAE, x: Tensor, samples: int = 1, gen: torch.Generator | None = None) -> LossTerms:
@@ -110,17 +67,18 @@ def score_function(
     return LossTerms(recon=-log_px_z.mean(0), kld=kld, surrogate=surrogate)
 
 
-def iwae(model: VAE, x: Tensor, samples: int = 1, gen: torch.Generator | None = None) -> LossTerms:
-    """Burda et al. 2015: L_k(x) = log 1/k sum_k p(x, z_k) / q(z_k|x), z_k reparameterised.
+def sgvb_a_stl(model: VAE, x: Tensor, samples: int = 1, gen: torch.Generator | None = None) -> LossTerms:
+    """Sticking the landing (Roeder, Wu & Duvenaud 2017, "Sticking the Landing: Simple, Lower-Variance Gradient
+    Estimators for Variational Inference"): SGVB A's value, with the score term dropped from phi's gradient:
 
-    The bound does not split into reconstruction and KL; ``recon`` is the mean -log p(x|z_k) and ``kld``
-    the rest, so loss = recon + kld still holds. With k = 1 this is exactly SGVB A.
+        L^A(x) = 1/L sum_l [log p(x, z_l) - log q_{sg(phi)}(z_l|x)],   z_l = mu + sigma * eps_l,
+        grad_phi = 1/L sum_l d/dz [log p(x, z) - log q_{sg(phi)}(z|x)]_{z_l} dz_l/dphi.
+
+    The dropped term, -grad_phi log q(z|x) at fixed z, has expectation zero, so the gradient stays unbiased for
+    the ELBO; it is zero-variance when q(z|x) is the exact posterior. theta's gradient is A's.
     """
-    log_px_z, log_pz_minus_log_qz = _log_weights(model, x, samples, gen)
-    log_w = log_px_z + log_pz_minus_log_qz
-    bound = torch.logsumexp(log_w, dim=0) - math.log(samples)
-    recon = -log_px_z.mean(0)
-    return LossTerms(recon=recon, kld=-bound - recon)
+    w = log_weights(model, x, samples, gen, path=True)
+    return LossTerms(recon=-w.log_px_z.mean(0), kld=-w.log_pz_minus_log_qz.mean(0))
 
 
 Estimator = Callable[..., LossTerms]
@@ -128,5 +86,11 @@ ESTIMATORS: dict[str, Estimator] = {
     "sgvb_a": sgvb_a,
     "sgvb_b": sgvb_b,
     "score_function": score_function,
+    "sgvb_a_stl": sgvb_a_stl,
     "iwae": iwae,
+    "iwae_stl": iwae_stl,
+    "iwae_dreg": iwae_dreg,
+    "miwae": miwae,
+    "piwae": piwae,
+    "ciwae": ciwae,
 }

@@ -8,11 +8,13 @@ log-likelihood is computed from the logits, stable for any logit.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+# name -> factory(variance, learn): the decoders a variant can name. Plugins add theirs (variants.plugins).
+LIKELIHOODS: dict[str, Callable[[float, bool], nn.Module]] = {}
 
 # c = 0.01 (sigma = 0.1 grey levels): about the per-pixel squared error a 20-d VAE reaches on MNIST,
 # so the squared-error term and the KL are on comparable scales. c = 1 (the "plain MSE" choice) makes
@@ -40,12 +42,18 @@ def _bernoulli_log_prob_value(x: Tensor, logits: Tensor) -> Tensor:
 
 
 class _BernoulliLogProb(torch.autograd.Function):
-    """log p(x|l) summed over pixels; d/dl = x - sigmoid(l), d/dx = l (exact, not through the product trick)."""
+    """log p(x|l) summed over pixels; d/dl = x - sigmoid(l), d/dx = l (exact, not through the product trick).
+    Written with setup_context and a generated vmap rule so that torch.func (grad, vmap) can take it."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, logits: Tensor) -> Tensor:
-        ctx.save_for_backward(x, logits)
+    def forward(x: Tensor, logits: Tensor) -> Tensor:
         return _bernoulli_log_prob_value(x, logits)
+
+    @staticmethod
+    def setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
+        ctx.save_for_backward(*inputs)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
@@ -103,9 +111,10 @@ class Gaussian(nn.Module):
         return -0.5 * sq / self.log_c.exp() - 0.5 * d * (math.log(2 * math.pi) + self.log_c)
 
 
+LIKELIHOODS.update(bernoulli=lambda variance, learn: Bernoulli(), gaussian=Gaussian)
+
+
 def make_likelihood(decoder: str, variance: float = DEFAULT_GAUSSIAN_VARIANCE, learn: bool = False) -> nn.Module:
-    if decoder == "bernoulli":
-        return Bernoulli()
-    if decoder == "gaussian":
-        return Gaussian(variance, learn)
-    raise ValueError(f"unknown decoder {decoder!r}; choose from {', '.join(LIKELIHOODS)}")
+    if decoder not in LIKELIHOODS:
+        raise ValueError(f"unknown decoder {decoder!r}; choose from {', '.join(LIKELIHOODS)}")
+    return LIKELIHOODS[decoder](variance, learn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,8 @@ class Variant:
     gaussian_variance: float = DEFAULT_GAUSSIAN_VARIANCE  # c in N(x; f(z), c I), gaussian decoder only
     learn_variance: bool = False  # learn c (one scalar) instead of fixing it
     baseline: bool = False  # score_function only: subtract a leave-one-out baseline
+    groups: int = 1  # miwae / piwae: M, the number of K-sample IWAE bounds averaged (Rainforth et al. 2018)
+    beta: float = 0.5  # ciwae: the weight of the K-sample ELBO against the IWAE bound (Rainforth et al. 2018)
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
@@ -38,6 +41,10 @@ class Variant:
             raise ValueError(f"hidden must be a positive integer, got {self.hidden}")
         if not self.gaussian_variance > 0:
             raise ValueError(f"gaussian variance must be positive, got {self.gaussian_variance}")
+        if self.groups < 1:
+            raise ValueError(f"groups must be a positive integer, got {self.groups}")
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"beta must lie in [0, 1], got {self.beta}")
 
     def replace(self, **axes: object) -> Variant:
         """This variant with some axes overridden (None leaves an axis as it is)."""
@@ -51,17 +58,29 @@ class Variant:
         if self.decoder != "gaussian":
             d.pop("gaussian_variance")
             d.pop("learn_variance")
-        if self.estimator != "score_function":
-            d.pop("baseline")
+        for option in OPTIONS:
+            if option not in self.options():
+                d.pop(option)
         return d
+
+    def options(self) -> dict[str, object]:
+        """The option axes this variant's estimator takes (the keyword arguments its signature names)."""
+        names = inspect.signature(ESTIMATORS[self.estimator]).parameters
+        return {o: getattr(self, o) for o in OPTIONS if o in names}
 
     def build_model(self, latent: int) -> VAE:
         return VAE(latent=latent, hidden=self.hidden, decoder=self.decoder,
                    gaussian_variance=self.gaussian_variance, learn_variance=self.learn_variance)
 
     def estimate(self, model: VAE, x: Tensor, gen: torch.Generator | None = None) -> LossTerms:
-        kwargs = {"baseline": self.baseline} if self.estimator == "score_function" else {}
-        return ESTIMATORS[self.estimator](model, x, self.samples, gen, **kwargs)
+        return ESTIMATORS[self.estimator](model, x, self.samples, gen, **self.options())
+
+    def draws(self) -> int:
+        """Noise draws per datapoint (L, or M*K for MIWAE and PIWAE)."""
+        return self.samples * (self.groups if "groups" in self.options() else 1)
+
+
+OPTIONS = ("baseline", "groups", "beta")  # axes passed to the estimators whose signatures name them
 
 
 def _registry(*variants: Variant) -> dict[str, Variant]:
@@ -82,6 +101,22 @@ REGISTRY: dict[str, Variant] = _registry(
             "score_function", baseline=True),
     Variant("iwae_k5", "Importance-weighted bound (Burda et al.) with k=5 samples", "iwae", samples=5),
     Variant("iwae_k50", "Importance-weighted bound (Burda et al.) with k=50 samples", "iwae", samples=50),
+    Variant("sgvb_a_stl", "SGVB A, sticking the landing (Roeder et al. 2017): no score term in the encoder gradient",
+            "sgvb_a_stl"),
+    Variant("iwae_stl_k5", "IWAE k=5 with sticking-the-landing encoder gradient (biased for k>1, Tucker et al.)",
+            "iwae_stl", samples=5),
+    Variant("iwae_stl_k50", "IWAE k=50 with sticking-the-landing encoder gradient (biased for k>1, Tucker et al.)",
+            "iwae_stl", samples=50),
+    Variant("iwae_dreg_k5", "IWAE k=5, doubly reparameterized encoder gradient (Tucker et al. 2018)",
+            "iwae_dreg", samples=5),
+    Variant("iwae_dreg_k50", "IWAE k=50, doubly reparameterized encoder gradient (Tucker et al. 2018)",
+            "iwae_dreg", samples=50),
+    Variant("miwae_m8_k8", "MIWAE(M=8, K=8) (Rainforth et al. 2018): the mean of 8 IWAE bounds of 8 samples",
+            "miwae", samples=8, groups=8),
+    Variant("piwae_m8_k8", "PIWAE(M=8, K=8) (Rainforth et al. 2018): decoder on IWAE(64), encoder on MIWAE(8, 8)",
+            "piwae", samples=8, groups=8),
+    Variant("ciwae_k64", "CIWAE(beta=0.5) (Rainforth et al. 2018): 0.5 ELBO + 0.5 IWAE bound on 64 samples",
+            "ciwae", samples=64, beta=0.5),
 )
 
 
@@ -90,3 +125,9 @@ def get_variant(name: str) -> Variant:
         return REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown variant {name!r}; choose from {', '.join(REGISTRY)}") from None
+
+
+# Variants, estimators and likelihoods from outside the package (variants.plugins), loaded once with the registry.
+from variants.plugins import load_all  # noqa: E402  (after REGISTRY: plugins register into it)
+
+load_all()

@@ -1,124 +1,120 @@
-"""Gradient variance of every estimator, at fixed parameters and one fixed minibatch.
+"""Gradient variance of every estimator at a run's parameters: what `bench.evaluate --gradient-variance` logs.
 
-For an estimator e, the gradient g = grad (1/M sum_i objective_e(x_i)) of the loss averaged over the
-minibatch's M datapoints is a random vector (the noise eps). Drawing the noise R times gives
+For an estimator e, the gradient g = grad (1/M sum_i objective_e(x_i)) of the loss averaged over a minibatch's M
+datapoints is a random vector (the noise eps). Drawing the noise R times gives, per network (encoder phi,
+decoder theta),
 
     total variance  V = sum_p Var_r(g_p)            (sum over the coordinates of the parameter group)
     signal-to-noise S = ||E g||^2 / V               (||E g||^2 estimated without bias: ||g_bar||^2 - V / R)
 
-separately for the encoder (phi) and the decoder (theta). S is below 1/R's resolution when it comes out
-near 0 or slightly negative. Every configuration draws its noise from the same seed, so estimators
-with the same noise shape see the same eps (A and B then have identical decoder gradients).
+on each of B disjoint minibatches of M test images (the start of the test set, binarised as the run was
+trained); the metrics are the means over the B minibatches, the per-minibatch values go to evaluation/gradvar.csv.
+The R draws are a batch dimension (bench.evaluation.draws). Every configuration draws its noise from the same
+seed, so estimators with the same noise shape see the same eps (A and B then have identical decoder gradients).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import pandas as pd
-import torch
+from tabulate import tabulate
 from torch import Tensor, nn
 
-from bench.core.devices import accumulation_dtype
+from bench.evaluation.draws import PARTS, gradient_moments
 from variants.registry import Variant
 
 GRADVAR_SEED = 4242
-BATCH = 128  # the minibatch: the first BATCH test images, as in training's batch size
-REPEATS = 100
+BATCH = 128  # M: images per minibatch, as in training's batch size
+BATCHES = 4  # B: disjoint minibatches from the start of the test set
+REPEATS = 100  # R
 IWAE_K = 5  # the iwae_k5 preset; with k = 1 IWAE is exactly SGVB A
+BASE = "sgvb_b"  # the ratios' denominator
+COLUMNS = ["label", "estimator", "samples", "part", "batch", "variance", "snr"]
 
-# (label, variant): the estimators compared at L = 1 (the seed's setting), and the L sweep of A and B.
+
+def _v(estimator: str, samples: int = 1, **axes: object) -> Variant:
+    return Variant(estimator, "", estimator, samples=samples, **axes)  # type: ignore[arg-type]
+
+
+# (label, variant): the estimators compared at L = 1 (the seed's setting; the IWAE family at k = 5), and the L
+# sweep of A and B with IWAE beside them at the same number of samples.
 COMPARED: tuple[tuple[str, Variant], ...] = (
-    ("sgvb_a", Variant("sgvb_a", "", "sgvb_a")),
-    ("sgvb_b", Variant("sgvb_b", "", "sgvb_b")),
-    ("score_function", Variant("score_function", "", "score_function")),
-    ("score_function_baseline", Variant("score_function_baseline", "", "score_function", baseline=True)),
-    ("iwae", Variant("iwae", "", "iwae", samples=IWAE_K)),
+    ("sgvb_a", _v("sgvb_a")),
+    ("sgvb_b", _v("sgvb_b")),
+    ("score_function", _v("score_function")),
+    ("score_function_baseline", _v("score_function", baseline=True)),
+    ("sgvb_a_stl", _v("sgvb_a_stl")),
+    ("iwae", _v("iwae", IWAE_K)),
+    ("iwae_dreg", _v("iwae_dreg", IWAE_K)),
+    ("iwae_stl", _v("iwae_stl", IWAE_K)),
 )
 SWEEP_L = (1, 4, 16)
-SWEEP: tuple[tuple[str, Variant], ...] = tuple(
-    (f"{e}_L{n}", Variant(e, "", e, samples=n)) for e in ("sgvb_a", "sgvb_b") for n in SWEEP_L)
+SWEEP: tuple[tuple[str, Variant], ...] = (
+    *((f"{e}_L{n}", _v(e, n)) for e in ("sgvb_a", "sgvb_b") for n in SWEEP_L),
+    *((f"iwae_L{n}", _v("iwae", n)) for n in SWEEP_L if n > 1),
+)
 
 
-@dataclass(frozen=True)
-class GradStats:
-    estimator: str
-    samples: int
-    encoder_var: float
-    decoder_var: float
-    encoder_snr: float
-    decoder_snr: float
+def minibatches(test_x: Tensor, batch: int = BATCH, batches: int = BATCHES) -> list[Tensor]:
+    """Up to ``batches`` disjoint minibatches of ``batch`` images from the start of the test set (one smaller
+    minibatch if the set holds fewer than ``batch``)."""
+    n = max(1, min(batches, len(test_x) // batch))
+    return [test_x[i * batch:(i + 1) * batch] for i in range(n)]
 
 
-class _Moments:
-    """Running sum and sum of squares of a gradient vector, in float64 (float32 on mps)."""
-
-    def __init__(self, n: int, device: torch.device) -> None:
-        self.s = torch.zeros(n, dtype=accumulation_dtype(device), device=device)
-        self.s2 = torch.zeros_like(self.s)
-
-    def add(self, g: Tensor) -> None:
-        g = g.to(self.s.dtype)
-        self.s += g
-        self.s2 += g * g
-
-    def total_variance_and_snr(self, r: int) -> tuple[float, float]:
-        mean = self.s / r
-        var = float(((self.s2 - r * mean * mean) / (r - 1)).clamp_min(0).sum())
-        signal = float(mean.pow(2).sum()) - var / r
-        return var, (signal / var if var > 0 else float("inf"))
+def measure(model: nn.Module, test_x: Tensor, repeats: int = REPEATS, seed: int = GRADVAR_SEED,
+            sweep: bool = True, batch: int = BATCH, batches: int = BATCHES) -> pd.DataFrame:
+    """One row per (label, part, minibatch): the contract's columns (COLUMNS)."""
+    rows = []
+    for label, v in COMPARED + (SWEEP if sweep else ()):
+        for b, x in enumerate(minibatches(test_x, batch, batches)):
+            moments = gradient_moments(model, x, v, repeats, seed)
+            for part in PARTS:
+                s = moments[part].summary()
+                rows.append({"label": label, "estimator": v.estimator, "samples": v.draws(), "part": part,
+                             "batch": b, "variance": s["variance"], "snr": s["snr"]})
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _flat_grad(params: list[nn.Parameter]) -> Tensor:
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-
-
-def gradient_stats(model: nn.Module, x: Tensor, variant: Variant, repeats: int = REPEATS,
-                   seed: int = GRADVAR_SEED, label: str | None = None) -> GradStats:
-    """Encoder and decoder total variance and SNR of ``variant``'s gradient over ``repeats`` noise draws."""
-    if repeats < 2:
-        raise ValueError(f"repeats must be at least 2 to measure a variance, got {repeats}")
-    enc, dec = model.encoder_parameters(), model.decoder_parameters()
-    gen = torch.Generator(device=x.device)
-    gen.manual_seed(seed)
-    m_enc = _Moments(sum(p.numel() for p in enc), x.device)
-    m_dec = _Moments(sum(p.numel() for p in dec), x.device)
-    with torch.enable_grad():
-        for _ in range(repeats):
-            model.zero_grad(set_to_none=True)
-            variant.estimate(model, x, gen).objective.mean().backward()
-            m_enc.add(_flat_grad(enc))
-            m_dec.add(_flat_grad(dec))
-    model.zero_grad(set_to_none=True)
-    (ev, es), (dv, ds) = m_enc.total_variance_and_snr(repeats), m_dec.total_variance_and_snr(repeats)
-    return GradStats(label or variant.name, variant.samples, ev, dv, es, ds)
-
-
-def measure_all(model: nn.Module, x: Tensor, repeats: int = REPEATS, seed: int = GRADVAR_SEED,
-                sweep: bool = True) -> list[GradStats]:
-    """Every compared estimator, then (``sweep``) A and B at L in SWEEP_L."""
-    configs = COMPARED + (SWEEP if sweep else ())
-    return [gradient_stats(model, x, v, repeats, seed, label) for label, v in configs]
-
-
-def gradvar_metrics(stats: list[GradStats]) -> dict[str, float]:
-    """gradvar_{encoder,decoder}_<label>, gradsnr_{encoder,decoder}_<label>, and the encoder ratios to B."""
+def gradvar_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """gradvar/<part>/<label>, gradsnr/<part>/<label> (means over the minibatches), and
+    gradvar_ratio/encoder/<label> = gradvar/encoder/<label> / gradvar/encoder/sgvb_b."""
+    means = table.groupby(["label", "part"], sort=False)[["variance", "snr"]].mean()
     out: dict[str, float] = {}
-    for s in stats:
-        for part in ("encoder", "decoder"):
-            out[f"gradvar_{part}_{s.estimator}"] = getattr(s, f"{part}_var")
-            out[f"gradsnr_{part}_{s.estimator}"] = getattr(s, f"{part}_snr")
-    base = out.get("gradvar_encoder_sgvb_b")
+    for (label, part), row in means.iterrows():
+        out[f"gradvar/{part}/{label}"] = float(row["variance"])
+        out[f"gradsnr/{part}/{label}"] = float(row["snr"])
+    base = out.get(f"gradvar/encoder/{BASE}")
     if base:
-        for other in ("sgvb_a", "score_function", "score_function_baseline", "iwae"):
-            if f"gradvar_encoder_{other}" in out:
-                out[f"gradvar_ratio_encoder_{other}_over_sgvb_b"] = out[f"gradvar_encoder_{other}"] / base
+        for label in means.index.get_level_values("label").unique():
+            if label != BASE:
+                out[f"gradvar_ratio/encoder/{label}"] = out[f"gradvar/encoder/{label}"] / base
     return out
 
 
-def gradvar_table(stats: list[GradStats]) -> pd.DataFrame:
-    table = pd.DataFrame([asdict(s) for s in stats])
-    base = table.loc[table["estimator"] == "sgvb_b", "encoder_var"]
+def summary_table(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per label: means over minibatches, encoder and decoder side by side, the encoder ratio to B."""
+    wide = table.pivot_table(index=["label", "estimator", "samples"], columns="part", values=["variance", "snr"],
+                             aggfunc="mean", sort=False)
+    wide.columns = [f"{part}_{stat}" for stat, part in wide.columns]
+    wide = wide.reset_index()
+    base = wide.loc[wide["label"] == BASE, "encoder_variance"]
     if len(base):
-        table["encoder_var_vs_sgvb_b"] = table["encoder_var"] / float(base.iloc[0])
-    return table
+        wide["encoder_variance_vs_sgvb_b"] = wide["encoder_variance"] / float(base.iloc[0])
+    return wide
+
+
+def evaluate_gradvar(model: nn.Module, test_x: Tensor, repeats: int, folder: Path) -> tuple[
+        dict[str, float], dict[str, int], list[Path], str]:
+    """What bench.evaluate --gradient-variance logs: (metrics, params, files written in ``folder``, the table)."""
+    table = measure(model, test_x, repeats)
+    batches = int(table["batch"].max()) + 1
+    size = min(BATCH, len(test_x))
+    csv, md = folder / "gradvar.csv", folder / "gradvar.md"
+    table.to_csv(csv, index=False)
+    text = tabulate(summary_table(table), headers="keys", showindex=False, floatfmt=".4g", tablefmt="github")
+    md.write_text(f"Gradient variance over {repeats} noise draws on each of {batches} minibatches of {size} test "
+                  f"images (means over the minibatches; total variance, norm-form SNR)\n\n{text}\n")
+    params = {"gradvar_repeats": repeats, "gradvar_batches": batches, "gradvar_batch_size": size}
+    return gradvar_metrics(table), params, [csv, md], text

@@ -5,7 +5,8 @@ Always: ``active_units`` (Burda et al.'s rule) and the KL per latent dimension (
 for 2-D latents the test set's scatter and the 20x20 learned manifold. With K > 0 importance samples,
 ``test_nll`` (the K-sample IWAE bound, bench.evaluation.nll) and ``test_nll_stderr``, with K as the param
 ``nll_samples`` (the first K) and the tag ``bench.nll_samples.step<N>`` (every K used at that step). With
-gradient variance, gradvar_* / gradsnr_* for every estimator (bench.evaluation.gradvar) and evaluation/gradvar.*.
+gradient variance, gradvar/... and gradsnr/... for every estimator (bench.evaluation.gradvar) and
+evaluation/gradvar.*.
 The test set is binarised as the run's training was (its ``binarize`` param). Only MlflowClient calls
 write to the run, so its status (FINISHED, FAILED, KILLED) stays as it was.
 """
@@ -20,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tabulate import tabulate
 from torch import Tensor, nn
 
 from bench.core import interrupts
 from bench.core.config import TrainConfig
-from bench.core.data import loading_mnist
+from bench.core.data import load_mnist, loading_mnist
 from bench.core.devices import resolve_device
 from bench.core.progress import stage
 from bench.core.splits import prepare_test
@@ -68,15 +68,10 @@ def evaluate_model(model: nn.Module, test_x: Tensor, test_y: Tensor, tracker: Tr
                 f"{len(test_x)} images)")
         if gradient_variance:
             with stage(f"gradient variance of every estimator, {repeats} noise draws each", progress, log):
-                stats = gradvar.measure_all(model, test_x[:gradvar.BATCH], repeats)
-            metrics.update(gradvar.gradvar_metrics(stats))
-            settings["gradvar_repeats"] = repeats
-            gtable = gradvar.gradvar_table(stats)
-            files += [folder / "gradvar.csv", folder / "gradvar.md"]
-            gtable.to_csv(files[-2], index=False)
-            text = tabulate(gtable, headers="keys", showindex=False, floatfmt=".4g", tablefmt="github")
-            files[-1].write_text(f"Gradient variance over {repeats} noise draws, minibatch of "
-                                 f"{min(gradvar.BATCH, len(test_x))} test images (total variance, SNR)\n\n{text}\n")
+                gmetrics, gparams, gfiles, text = gradvar.evaluate_gradvar(model, test_x, repeats, folder)
+            metrics.update(gmetrics)
+            settings.update(gparams)  # settings are params and tags, never charts (GRADVAR_CONTRACT.md)
+            files += gfiles
             log(text)
         log(f"active units {int(metrics['active_units'])} of {model.latent}; "
             f"KL per dimension in {ARTIFACT_DIR}/kl_per_dim.md")
@@ -123,6 +118,23 @@ def run_model(client: Any, run_id: str) -> tuple[nn.Module, int | None]:
                         "evaluate a run that finished training") from None
     epoch = models[0].tags.get(MODEL_EPOCH_TAG) if models else None
     return model, None if epoch is None else int(epoch)
+
+
+def open_run(tracking_uri: str | None, run_id: str, device: str, data_dir: str | None) -> tuple[
+        Any, Any, nn.Module, Any, Tensor]:
+    """(client, run, its model on the device, MNIST, the test images binarised as the run was trained), or a
+    UserError naming what is wrong (no such run, no model, other data)."""
+    client = open_store(tracking_uri, existing=True)
+    run = get_run(client, run_id)
+    params = run.data.params
+    device = resolve_device(device)
+    cfg = TrainConfig(binarize=params.get("binarize", "none"), device=device)
+    model = run_model(client, run_id)[0].to(device)
+    data = load_mnist(data_dir)
+    if params.get("data_digest", data.digest) != data.digest:
+        raise UserError(f"run {run_id} was trained on MNIST with digest {params['data_digest']}, but "
+                        f"{data.source} has digest {data.digest}; give --data-dir the run's data")
+    return client, run, model, data, prepare_test(data, cfg, torch.device(device))
 
 
 def evaluate_run(args: argparse.Namespace) -> int:

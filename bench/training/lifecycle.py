@@ -129,7 +129,8 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
             return 0
         progress = not args.no_progress and sys.stderr.isatty()
         return execute(job.tracker, job.variant, job.cfg, job.data, job.start, progress=progress,
-                       nll_samples=args.nll_samples, lease=job.lease, new=args.resume is None)
+                       nll_samples=args.nll_samples, lease=job.lease, new=args.resume is None,
+                       snr_every=getattr(args, "snr_every", 0))
     except KeyboardInterrupt as e:  # outside execute's own handling: before it, or between two statements
         if life.tracker is not None:
             return interrupted(life.tracker, life.lease, e)
@@ -180,7 +181,7 @@ def interrupted(tracker: MlflowTracker, lease: Lease | None, e: BaseException) -
 
 def execute(tracker: MlflowTracker, variant: Variant, cfg: TrainConfig, data: Any,
             start: dict[str, Any] | None, progress: bool, nll_samples: int = 0, lease: Lease | None = None,
-            new: bool = False, hint: bool = True) -> int:
+            new: bool = False, hint: bool = True, snr_every: int = 0) -> int:
     """Train under the tracker; whatever happens, the run ends recorded: FINISHED, FAILED or KILLED. Without a
     ``lease`` (a grid's run) the run is claimed here; it is given up at the end either way. ``new``: bench.run's
     new run, whose id is printed and whose data set is logged here."""
@@ -192,7 +193,7 @@ def execute(tracker: MlflowTracker, variant: Variant, cfg: TrainConfig, data: An
             if new:
                 say_where(tracker, f"started run {run_id} ({run_name(variant, cfg)})")
                 tracker.log_dataset(DATA_NAME, data.digest, data.source, "train", data.test_x[:1].numpy())
-            result = train(variant, cfg, data, tracker, start=start, progress=progress)
+            result = train(variant, cfg, data, tracker, start=start, progress=progress, snr_every=snr_every)
             # The model first: an interrupted evaluation can be redone by bench.evaluate. Held from signals: the
             # new model and the removal of the one a previous attempt logged go together.
             with interrupts.critical():

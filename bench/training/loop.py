@@ -26,9 +26,10 @@ from bench.core.config import TrainConfig
 from bench.core.data import MNIST
 from bench.core.interrupts import critical
 from bench.core.rng import SHUFFLE, TRAIN_NOISE, generator
-from bench.core.splits import prepare_data, validation_data
+from bench.core.splits import BINARIZE_SEED, binarize, prepare_data, validation_data
 from bench.errors import NonFiniteLoss
 from bench.evaluation.images import save_grids
+from bench.evaluation.snr import training_snr
 from bench.evaluation.test_elbo import evaluate_test
 from bench.tracking.tracker import NullTracker, Tracker
 from variants.model import VAE
@@ -64,11 +65,13 @@ def train(
     start: dict[str, Any] | None = None,
     progress: bool = False,
     log: Callable[[str], None] = print,
+    snr_every: int = 0,
 ) -> TrainResult:
     """Train ``variant`` for epochs (start["epoch"] + 1)..cfg.epochs; log each epoch to ``tracker``.
 
     ``start`` is a checkpoint dict (as given to ``tracker.save_checkpoint``) to resume from.
     Raises NonFiniteLoss when the loss stops being finite; KeyboardInterrupt passes through.
+    ``snr_every`` N > 0: every N epochs, the gradient SNR on a fixed minibatch (snr/train/..., bench.evaluation.snr).
     """
     tracker = tracker or NullTracker()
     device = torch.device(cfg.device)
@@ -83,6 +86,10 @@ def train(
     train_x, test_x = prepare_data(data, cfg, device)
     val_x = validation_data(data, cfg, device)
     n, bs = len(train_x), cfg.batch_size
+    # The SNR's fixed minibatch: the first training images, binarised once with a fixed seed under dynamic.
+    snr_x = binarize(train_x[:bs], BINARIZE_SEED + 2) if snr_every and cfg.binarize == "dynamic" else train_x[:bs]
+    if snr_every:
+        tracker.log_new_params({"snr_every": snr_every})
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
                 else contextlib.nullcontext())
     history: list[dict[str, float]] = []
@@ -133,6 +140,10 @@ def train(
             for path in save_grids(model, held_out, epoch, Path(tmp), cfg.seed):
                 tracker.log_artifact(path, "images")
             metrics["train_samples_per_second"] = n / train_seconds
+            if snr_every and epoch % snr_every == 0:
+                t_snr = time.perf_counter()
+                metrics.update(training_snr(model, variant, snr_x))
+                metrics["snr/train/seconds"] = time.perf_counter() - t_snr
             # The checkpoint carries the epoch's metrics, epoch_seconds among them: a process killed between the
             # two writes (SIGKILL, a store failure) loses nothing, as --resume logs them from the checkpoint.
             # Signals wait until both are written.

@@ -1,5 +1,6 @@
-"""bench.gradvar: the variance it reports is the variance of the gradients, and the estimators it compares
-are unbiased for the same ELBO gradient (so their variances are comparable)."""
+"""bench.evaluation.gradvar and draws: the batched draws give what a loop of backward passes gives, the estimators
+compared are unbiased for the same ELBO gradient (so their variances are comparable), and the output follows
+GRADVAR_CONTRACT.md (names, minibatches, the per-minibatch CSV)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,13 @@ import pytest
 import torch
 from torch import Tensor
 
-from bench.evaluation.gradvar import (
-    COMPARED,
-    SWEEP,
-    _flat_grad,
-    gradient_stats,
-    gradvar_metrics,
-    gradvar_table,
-    measure_all,
-)
+from bench.evaluation.draws import draw_noise, gradient_moments
+from bench.evaluation.gradvar import COLUMNS, COMPARED, SWEEP, gradvar_metrics, measure, minibatches, summary_table
 from variants.model import VAE
-from variants.registry import Variant
+from variants.registry import Variant, get_variant
+from variants.terms import fixed_noise
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 B = Variant("b", "", "sgvb_b")
 A = Variant("a", "", "sgvb_a")
@@ -32,35 +29,48 @@ def small(mnist) -> tuple[VAE, Tensor]:
     return VAE(latent=2, hidden=8).eval(), x
 
 
-def _grads(model: VAE, x: Tensor, variant: Variant, repeats: int, seed: int) -> tuple[Tensor, Tensor]:
-    """Every draw's encoder and decoder gradient, kept (the brute-force reference): [R, P] each."""
-    gen = torch.Generator().manual_seed(seed)
+def _flat_grad(params: list[torch.nn.Parameter]) -> Tensor:
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+
+
+def _loop(model: VAE, x: Tensor, variant: Variant, repeats: int, seed: int) -> tuple[Tensor, Tensor]:
+    """The brute-force reference: one backward pass per draw, on the same noise as the batched draws: [R, P] each."""
+    eps = draw_noise(variant, x, model.latent, repeats, seed)
     enc, dec = [], []
-    for _ in range(repeats):
+    for r in range(repeats):
         model.zero_grad(set_to_none=True)
-        variant.estimate(model, x, gen).objective.mean().backward()
+        with fixed_noise(eps[r]):
+            variant.estimate(model, x, None).objective.mean().backward()
         enc.append(_flat_grad(model.encoder_parameters()))
         dec.append(_flat_grad(model.decoder_parameters()))
     model.zero_grad(set_to_none=True)
     return torch.stack(enc).double(), torch.stack(dec).double()
 
 
-def test_total_variance_and_snr_match_brute_force(small) -> None:
+@pytest.mark.parametrize("variant", [B, SFB, get_variant("iwae_dreg_k5"), get_variant("piwae_m8_k8")],
+                         ids=["sgvb_b", "score_function_baseline", "iwae_dreg", "piwae"])
+def test_batched_draws_match_a_loop_of_backward_passes(small, variant: Variant) -> None:
     model, x = small
-    stats = gradient_stats(model, x, B, repeats=50, seed=3)
-    enc, dec = _grads(model, x, B, 50, 3)
-    for s_var, s_snr, g in ((stats.encoder_var, stats.encoder_snr, enc), (stats.decoder_var, stats.decoder_snr, dec)):
+    moments = gradient_moments(model, x, variant, repeats=12, seed=3, groups=3, max_rows=40)  # several chunks
+    for part, g in zip(("encoder", "decoder"), _loop(model, x, variant, 12, 3), strict=True):
+        s = moments[part].summary()
         var = float(g.var(0).sum())
-        assert s_var == pytest.approx(var, rel=1e-6)
-        assert s_snr == pytest.approx((float(g.mean(0).pow(2).sum()) - var / 50) / var, rel=1e-6)
+        assert s["variance"] == pytest.approx(var, rel=1e-4)
+        assert s["snr"] == pytest.approx((float(g.mean(0).pow(2).sum()) - var / 12) / var, rel=1e-4)
+        sd = g.std(0)
+        assert s["snr_param"] == pytest.approx(float((g.mean(0).abs()[sd > 0] / sd[sd > 0]).mean()), rel=1e-4)
+        rest = moments[part].summary(leave_out=1)  # the jackknife's leave-one-group-out: draws 0-3 and 8-11
+        keep = torch.cat([g[:4], g[8:]])
+        assert rest["variance"] == pytest.approx(float(keep.var(0).sum()), rel=1e-4)
+    assert all(p.grad is None for p in model.parameters())  # leaves the model as it found it
 
 
 def test_same_noise_gives_a_and_b_the_same_decoder_gradient(small) -> None:
     model, x = small
-    a, b = gradient_stats(model, x, A, 20, seed=1), gradient_stats(model, x, B, 20, seed=1)
-    assert a.decoder_var == pytest.approx(b.decoder_var, rel=1e-5)
-    sf = gradient_stats(model, x, SF, 20, seed=1)  # z drawn the same way, the decoder's usual gradient
-    assert sf.decoder_var == pytest.approx(b.decoder_var, rel=1e-5)
+    a, b = gradient_moments(model, x, A, 20, seed=1), gradient_moments(model, x, B, 20, seed=1)
+    assert a["decoder"].summary()["variance"] == pytest.approx(b["decoder"].summary()["variance"], rel=1e-5)
+    sf = gradient_moments(model, x, SF, 20, seed=1)  # z drawn the same way, the decoder's usual gradient
+    assert sf["decoder"].summary()["variance"] == pytest.approx(b["decoder"].summary()["variance"], rel=1e-5)
 
 
 def _group_means(model: VAE, x: Tensor, variant: Variant, reps: int, groups: int, seed: int) -> Tensor:
@@ -95,24 +105,33 @@ def test_estimators_are_unbiased_for_the_same_encoder_gradient(small, variant: V
     assert float((gb.mean(0) - g_kl).pow(2).sum()) > 30 * noise
 
 
-def test_variance_falls_with_l_and_score_function_is_noisiest(small) -> None:
+def test_the_contracts_table_metrics_and_minibatches(small) -> None:
     model, x = small
-    stats = {s.estimator: s for s in measure_all(model, x, repeats=20)}
-    assert set(stats) == {label for label, _ in COMPARED + SWEEP}
+    test_x = x.repeat(3, 1)  # 48 images: 4 disjoint minibatches of 12
+    assert [len(b) for b in minibatches(test_x, 12, 4)] == [12] * 4
+    assert torch.equal(minibatches(test_x, 12, 4)[1], test_x[12:24])
+    assert [len(b) for b in minibatches(test_x[:5], 12, 4)] == [5]  # fewer than M: one smaller minibatch
+    table = measure(model, test_x, repeats=10, batch=12, batches=4)
+    labels = [label for label, _ in COMPARED + SWEEP]
+    assert list(table.columns) == COLUMNS
+    assert len(table) == len(labels) * 2 * 4
+    assert set(table["batch"]) == {0, 1, 2, 3} and set(table["part"]) == {"encoder", "decoder"}
+    assert {"sgvb_a_stl", "iwae_dreg", "iwae_stl", "iwae_L4", "iwae_L16", "sgvb_b_L16"} <= set(table["label"])
+    assert table.loc[table["label"] == "iwae_L16", "samples"].eq(16).all()
+    metrics = gradvar_metrics(table)
+    enc = table[table["part"] == "encoder"].groupby("label")["variance"].mean()
+    for label in labels:
+        assert metrics[f"gradvar/encoder/{label}"] == pytest.approx(enc[label])
+        assert f"gradsnr/decoder/{label}" in metrics
+    assert metrics["gradvar_ratio/encoder/score_function"] == pytest.approx(enc["score_function"] / enc["sgvb_b"])
+    assert "gradvar_ratio/encoder/sgvb_b" not in metrics
+    v = {label: enc[label] for label in labels}
     for e in ("sgvb_a", "sgvb_b"):
-        assert stats[f"{e}_L16"].encoder_var < stats[f"{e}_L4"].encoder_var < stats[f"{e}_L1"].encoder_var
-        assert stats[f"{e}_L16"].decoder_var < stats[f"{e}_L1"].decoder_var / 4
-    assert stats["score_function"].encoder_var > 10 * stats["sgvb_b"].encoder_var
-    assert stats["score_function_baseline"].encoder_var < stats["score_function"].encoder_var
-    metrics = gradvar_metrics(list(stats.values()))
-    assert metrics["gradvar_encoder_sgvb_a_L4"] == stats["sgvb_a_L4"].encoder_var
-    assert metrics["gradvar_ratio_encoder_score_function_over_sgvb_b"] == pytest.approx(
-        stats["score_function"].encoder_var / stats["sgvb_b"].encoder_var)
-    table = gradvar_table(list(stats.values()))
-    assert list(table["estimator"]) == [label for label, _ in COMPARED + SWEEP]
-    assert all(p.grad is None for p in model.parameters())  # leaves the model as it found it
+        assert v[f"{e}_L16"] < v[f"{e}_L4"] < v[f"{e}_L1"]
+    assert v["score_function"] > 10 * v["sgvb_b"] and v["score_function_baseline"] < v["score_function"]
+    assert list(summary_table(table)["label"]) == labels
 
 
 def test_repeats_must_allow_a_variance(small) -> None:
     with pytest.raises(ValueError, match="at least 2"):
-        gradient_stats(*small, B, repeats=1)
+        gradient_moments(*small, B, repeats=1, seed=0)

@@ -130,3 +130,17 @@ def test_error_messages_name_what_is_accepted() -> None:
     with pytest.raises(KeyError, match="sgvb_b") as e:
         get_variant("no_such_variant")
     assert "no_such_variant" in str(e.value)
+
+
+def test_option_axes_are_params_only_of_the_estimators_that_take_them() -> None:
+    assert get_variant("miwae_m8_k8").axes()["groups"] == 8 and "beta" not in get_variant("miwae_m8_k8").axes()
+    assert get_variant("piwae_m8_k8").draws() == 64 and get_variant("iwae_k5").draws() == 5
+    assert get_variant("ciwae_k64").axes()["beta"] == 0.5 and "groups" not in get_variant("ciwae_k64").axes()
+    for name in ("sgvb_b", "iwae_k5", "iwae_dreg_k5", "sgvb_a_stl"):
+        assert not {"groups", "beta", "baseline"} & set(get_variant(name).axes())
+    estimators = {v.estimator for v in REGISTRY.values()}
+    assert {"iwae", "iwae_dreg", "iwae_stl", "sgvb_a_stl", "piwae", "miwae", "ciwae"} <= estimators
+    with pytest.raises(ValueError, match="groups"):
+        get_variant("miwae_m8_k8").replace(groups=0)
+    with pytest.raises(ValueError, match="beta"):
+        get_variant("ciwae_k64").replace(beta=1.5)

@@ -1,0 +1,43 @@
+"""python -m bench.snr: gradient signal-to-noise against K (IWAE, IWAE-DReG, IWAE-STL, the K-sample ELBO) at a
+trained run's parameters, with log-log slopes and their intervals, logged into that run.
+
+    python -m bench.snr --run-id RUN_ID [--images 8] [--repeats 100] [--k-grid 1,3,10,30,100,300,1000]
+
+What it measures: bench.evaluation.snr; the command's work: bench.evaluation.snr_study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bench.cli import listof, main_guard, positive_int, seed_int
+from bench.evaluation import snr
+from bench.evaluation.snr_study import PROG, main_args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Gradient SNR against the number of importance samples K, "
+                                "at a trained run's parameters (Rainforth et al. 2018; Tucker et al. 2018).")
+    p.add_argument("--run-id", required=True, metavar="RUN_ID", help="a run made by bench.run, with a model")
+    p.add_argument("--images", type=positive_int, default=snr.IMAGES, metavar="M",
+                   help=f"the first M test images, binarised as the run was (default {snr.IMAGES})")
+    p.add_argument("--repeats", type=positive_int, default=snr.REPEATS, metavar="R",
+                   help=f"noise draws per estimator and K (default {snr.REPEATS}, at least {snr.GROUPS})")
+    p.add_argument("--k-grid", type=listof(positive_int, "positive integers"), default=list(snr.K_GRID),
+                   metavar="LIST", help=f"the values of K (default {','.join(map(str, snr.K_GRID))})")
+    p.add_argument("--seed", type=seed_int, default=snr.SEED, help=f"noise seed (default {snr.SEED})")
+    p.add_argument("--out", metavar="DIR", help="also write the table, slopes, Markdown and figure to DIR")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX files (default: bundled)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return main_args(argv, build_parser())
+
+
+if __name__ == "__main__":
+    sys.exit(main_guard(main, PROG)())

@@ -1,0 +1,114 @@
+"""The SNR study (bench.evaluation.snr, python -m bench.snr) and the SNR during training (bench.run --snr-every):
+slopes recover a known law, the K-sample ELBO's SNR rises as sqrt(K) within the study's own interval, and the
+commands log what they say into real runs of real SQLite stores."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from bench.cli import main_guard
+from bench.evaluation import snr
+from bench.run import main as run_main
+from bench.snr import PROG
+from bench.snr import main as snr_main
+from variants.model import VAE
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_slopes_recover_a_known_power_law_and_its_interval_covers_it() -> None:
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in (1, 3, 10, 30, 100):
+        for rep in (-1, *range(snr.GROUPS)):
+            noise = np.exp(rng.normal(0, 0.02))
+            rows.append({"estimator": "iwae", "K": k, "part": "encoder", "replicate": rep,
+                         "snr_param": 2.0 * k ** -0.5 * noise, "snr": 4.0 * k ** -1.0 * noise, "variance": 1.0})
+    fits = snr.slopes(pd.DataFrame(rows), tail_k=10)
+    per_param = fits[(fits["form"] == "snr_param") & (fits["range"] == "all")].iloc[0]
+    assert per_param["slope"] == pytest.approx(-0.5, abs=0.02)
+    assert per_param["ci_low"] < per_param["slope"] < per_param["ci_high"] and per_param["stderr"] > 0
+    tail = fits[(fits["form"] == "snr") & (fits["range"] == "tail")].iloc[0]
+    assert (tail["k_min"], tail["k_max"]) == (10, 100) and tail["slope"] == pytest.approx(-1.0, abs=0.05)
+
+
+def test_the_elbos_snr_rises_as_sqrt_k_within_the_studys_interval(mnist) -> None:
+    """The L-sample ELBO's gradient is the mean of L independent one-sample gradients: its mean is fixed and its
+    standard deviation falls as 1/sqrt(L), so the per-parameter SNR's slope is +1/2 exactly in expectation."""
+    torch.manual_seed(0)
+    model = VAE(latent=2, hidden=16)
+    x = torch.bernoulli(mnist.test_x[:4], generator=torch.Generator().manual_seed(0))
+    table = snr.measure(model, x, ks=(1, 4, 16, 64), repeats=200, estimators={"elbo": "sgvb_a", "iwae": "iwae"})
+    fits = snr.slopes(table)
+    elbo = fits[(fits["estimator"] == "elbo") & (fits["form"] == "snr_param") & (fits["range"] == "all")]
+    for _, r in elbo.iterrows():
+        assert r["ci_low"] < 0.5 < r["ci_high"], r
+        assert r["ci_high"] - r["ci_low"] < 0.3  # an interval narrow enough to mean something
+    iwae = table[(table["estimator"] == "iwae") & (table["K"] == 1) & (table["replicate"] == -1)]
+    elbo1 = table[(table["estimator"] == "elbo") & (table["K"] == 1) & (table["replicate"] == -1)]
+    assert np.allclose(iwae["snr_param"], elbo1["snr_param"])  # K = 1: the same estimator on the same noise
+    metrics = snr.metrics(table, fits)
+    dec16 = table[(table["estimator"] == "elbo") & (table["K"] == 16) & (table["part"] == "decoder")]
+    assert metrics["snr/decoder/elbo/K16"] == float(dec16[dec16["replicate"] == -1]["snr_param"].iloc[0])
+    assert {"snr/slope/encoder/iwae", "snr/slope_low/decoder/elbo", "snr/norm/encoder/iwae/K4"} <= set(metrics)
+    assert "| elbo | generative (decoder) | per-parameter | 1-64 |" in snr.markdown(fits, "here", "settings")
+
+
+@pytest.fixture(scope="module")
+def run_with_snr(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """bench.run with --snr-every 1: two epochs of a small model, in a real store."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('snr') / 'mlflow.db'}"
+    rc = run_main(["--variant", "iwae_dreg_k5", "--latent", "2", "--hidden", "20", "--epochs", "2",
+                   "--limit-train", "256", "--snr-every", "1", "--device", "cpu", "--tracking-uri", uri,
+                   "--no-progress"])
+    assert rc == 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs(client.search_experiments()[0].experiment_id)
+    return uri, run.info.run_id
+
+
+def test_snr_every_logs_the_snr_at_those_epochs(run_with_snr: tuple[str, str]) -> None:
+    uri, run_id = run_with_snr
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).data.params["snr_every"] == "1"
+    for name in ("snr/train/encoder", "snr/train/decoder", "snr/train/norm/encoder", "snr/train/seconds"):
+        history = client.get_metric_history(run_id, name)
+        assert sorted(m.step for m in history) == [1, 2], name
+        assert all(math.isfinite(m.value) and m.value > 0 for m in history)
+
+
+def test_bench_snr_logs_the_study_into_the_run(run_with_snr: tuple[str, str], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    uri, run_id = run_with_snr
+    client = MlflowClient(uri)
+    status = client.get_run(run_id).info.status
+    argv = ["--run-id", run_id, "--tracking-uri", uri, "--images", "2", "--repeats", "10", "--k-grid", "1,4,16",
+            "--device", "cpu", "--out", str(tmp_path / "out")]
+    assert snr_main(argv) == 0
+    run = client.get_run(run_id)
+    assert run.info.status == status
+    assert (run.data.params["snr_images"], run.data.params["snr_repeats"], run.data.params["snr_k_grid"]) == (
+        "2", "10", "1,4,16")
+    m = run.data.metrics
+    for est in ("iwae", "iwae_dreg", "iwae_stl", "elbo"):
+        for part in ("encoder", "decoder"):
+            assert all(f"snr/{part}/{est}/K{k}" in m for k in (1, 4, 16))
+            assert m[f"snr/slope_low/{part}/{est}"] <= m[f"snr/slope/{part}/{est}"] <= m[f"snr/slope_high/{part}/{est}"]
+    assert client.get_metric_history(run_id, "snr/slope/encoder/iwae")[0].step == 2  # at the run's last epoch
+    assert {f.path for f in client.list_artifacts(run_id, "snr")} == {
+        "snr/snr.csv", "snr/slopes.csv", "snr/snr.md", "snr/snr_vs_k.png"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"snr.csv", "slopes.csv", "snr.md", "snr_vs_k.png"}
+    assert "papers' prediction" in capsys.readouterr().out
+    # Other settings cannot sit under the same params: one line, exit 2, nothing computed.
+    guarded = main_guard(snr_main, PROG)
+    assert guarded([*argv[:6], "--repeats", "20", "--k-grid", "1,4,16"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert guarded(["--run-id", "nope", "--tracking-uri", uri]) == 2
+    assert guarded(["--run-id", run_id, "--tracking-uri", uri, "--k-grid", "5"]) == 2
