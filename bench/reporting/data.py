@@ -7,7 +7,6 @@ Everything is sorted, so the same store always gives the same frames.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from bench.tracking.names import (
     DEFAULT_EXPERIMENT,
     EPOCHS_TAG,
     FAILURE_TAG,
+    GIT_COMMIT_TAG,
+    GIT_DIRTY_TAG,
     MEMBER_TAG,
     PARENT_TAG,
     ROLE_TAG,
@@ -146,6 +147,8 @@ def tidy(raw: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
         "parent_run_id": _col(raw, f"tags.{PARENT_TAG}").astype(object),
         "sweep": _col(raw, f"tags.{SWEEP_TAG}").astype(object),
         "study": _col(raw, f"tags.{STUDY_TAG}").astype(object),
+        "git_commit": _col(raw, f"tags.{GIT_COMMIT_TAG}").astype(object),
+        "git_dirty": _col(raw, f"tags.{GIT_DIRTY_TAG}").astype(object),
     }
     for c in sorted(c for c in raw if c.startswith("tags.best.")):  # a study's best trial and params
         cols[c[len("tags."):]] = raw[c].astype(object)
@@ -251,6 +254,3 @@ def load(client: MlflowClient, experiment: str | None = None, sweep: str | None 
     return data
 
 
-def gradvar_metric_names(metrics: Iterable[str]) -> list[str]:
-    """bench.evaluate's gradvar_<encoder|decoder>_<estimator> metrics (not its ratios), sorted."""
-    return sorted(m for m in metrics if re.fullmatch(r"gradvar_(encoder|decoder)_\w+", m))
