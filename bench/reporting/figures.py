@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 DPI = 110
 PNG_METADATA = {"Software": None}  # no matplotlib version in the file: the same data gives the same bytes
@@ -159,7 +159,8 @@ def forest(df: pd.DataFrame, title: str, path: Path) -> None:
         y = range(len(sub))
         labels = [legend_text(f"{r.variant_b} − {r.variant_a}, z={r.latent}") for r in sub.itertuples()]
         err = [sub["mean_diff"] - sub["ci_low"], sub["ci_high"] - sub["mean_diff"]]
-        ax.errorbar(sub["mean_diff"], list(y), xerr=err, fmt="o", color="#1f4e79", ecolor="#1f4e79", capsize=3, markersize=4, linewidth=1.2)
+        ax.errorbar(sub["mean_diff"], list(y), xerr=err, fmt="o", color="#1f4e79", capsize=3, markersize=4,
+                    linewidth=1.2)
         ax.axvline(0, color="#c0392b", linewidth=1, linestyle="--")
         ax.set_yticks(list(y), labels, fontsize=8)
         ax.set_title(m, fontsize=10)
@@ -223,6 +224,7 @@ def compute(df: pd.DataFrame, colours: dict[str, tuple], title: str, path: Path)
                     ax.plot(c[x], c["value"], marker="o", markersize=3, color=colour, linewidth=1.4)
             if x == "decoder_evaluations":
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short log axis
             ax.set_xlabel("cumulative training seconds" if j == 0 else "decoder evaluations (log scale)")
             ax.set_ylabel(f"test −ELBO, z = {z}" if j == 0 else "")
     fig.suptitle(title, fontsize=12, fontweight="bold")

@@ -179,7 +179,7 @@ def gradient_variance(ctx: Ctx, figures: bool) -> list[str]:
                     for _, r in gn.iterrows():
                         row[NAMES.get(r["estimator"], r["estimator"])] = interval(r)
                     rows.append(row)
-            lines += [f"*{what.capitalize()}*", "", table(rows), ""]
+            lines += [f"*{what[0].upper() + what[1:]}*", "", table(rows), ""]
             ctx.tables.add("gradient_variance_ratios_" + ("by_estimator" if col is None else "by_samples"),
                            pd.DataFrame(rows))
         if figures:

@@ -137,8 +137,10 @@ def axis_rows(fin: pd.DataFrame, params: list[str], axis: Axis) -> list[dict[str
             latent = f"{a['latent'].iloc[0]}→{b['latent'].iloc[0]}" if axis.latent_is_axis else a["latent"].iloc[0]
             for m in axis.metrics:
                 if m in g and g[m].notna().any():
-                    out.append(row(axis.key, la, lb, latent, m, pair(a, b, m)))
-    out.sort(key=lambda r: (r["variant_a"], r["variant_b"], str(r["latent"]).zfill(8), axis.metrics.index(r["metric"])))
+                    r = row(axis.key, la, lb, latent, m, pair(a, b, m))
+                    r["_order"] = (axis.order(va), axis.order(vb), la, lb, str(latent).zfill(8), axis.metrics.index(m))
+                    out.append(r)
+    out.sort(key=lambda r: r["_order"])  # finish() keeps only the CSV's columns
     return out
 
 
@@ -159,7 +161,7 @@ def user_rows(fin: pd.DataFrame, pairs: list[tuple[str, str]]) -> list[dict[str,
         for z in sorted(set(a["latent"].dropna()) | set(b["latent"].dropna())):
             az, bz = a[a["latent"] == z], b[b["latent"] == z]
             for m in USER_METRICS:
-                if m in fin and (az[m].notna().any() or bz[m].notna().any()):
+                if m in fin and az[m].notna().any() and bz[m].notna().any():
                     out.append(row("user", name_a, name_b, z, m, pair(az, bz, m)))
     return out
 
@@ -178,12 +180,17 @@ def parse_pairs(specs: list[str] | None) -> list[tuple[str, str]]:
 def verdict(r: dict[str, Any]) -> str:
     n = r["n"]
     if n == 0:
-        return "no runs share a seed: not paired, no interval"
+        return "no two runs share a seed and have this metric: not paired, no interval"
     if n == 1:
-        return "one seed-paired run only (n = 1): no interval"
+        return "one seed-paired pair only (n = 1): no interval"
+    if r["sd_diff"] == 0 and r["mean_diff"] == 0:
+        return "no difference in any pair"
     if r["ci_low"] > 0 or r["ci_high"] < 0:
-        lower = r["variant_b"] if r["mean_diff"] < 0 else r["variant_a"]
-        return f"{lower} lower, interval excludes 0"
+        a, b = r["variant_a"], r["variant_b"]
+        if a == b and "→" in str(r["latent"]):  # the latent axis: one variant at two sizes
+            za, zb = str(r["latent"]).split("→")
+            a, b = f"z={za}", f"z={zb}"
+        return f"{b if r['mean_diff'] < 0 else a} lower, interval excludes 0"
     return f"not resolved with n = {n}"
 
 

@@ -46,6 +46,17 @@ COLUMNS = {
     "seconds": "cumulative epoch_seconds up to that epoch (wall clock on the training machine)",
     "decoder_evaluations": "samples × training images × epochs: the decoder passes of training",
     "sec_per_epoch": "mean epoch_seconds of the runs",
+    "reference": "the label the ratio divides by",
+    "estimator": "the estimator of the label",
+    "decoder": "decoder family (bernoulli, gaussian)",
+    "epochs": "epochs logged",
+    "test_loss": "final test −ELBO (mean over runs in compute.csv)",
+    "test_loss_se": "its standard error over runs",
+    "test_nll": "final test NLL (mean over the runs that measured it)",
+    "test_loss_at_baseline_seconds": "the variant's mean test −ELBO curve read at the baseline's total seconds",
+    "test_loss_at_baseline_evaluations": "the same, at the baseline's total decoder evaluations",
+    "run_id": "MLflow run id",
+    "git_commit": "the run's mlflow.source.git.commit tag (the code that trained it)",
 }
 
 
