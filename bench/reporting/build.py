@@ -26,7 +26,7 @@ from bench.reporting.data import ReportData, load
 from bench.reporting.gradvar import gradient_variance
 from bench.reporting.header import header, summary
 from bench.reporting.markdown import slug
-from bench.reporting.pairing import parse_pairs
+from bench.reporting.pairing import check_pairs, parse_pairs
 from bench.reporting.sections import FIGURES, Ctx, all_runs, configuration, failures, missing, pictures, trends, tuning
 from bench.reporting.tables import TABLES
 from bench.tracking.store import open_store
@@ -78,6 +78,7 @@ def write_report(args: argparse.Namespace) -> int:
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # no download bars from a tracking server
     client = open_store(args.tracking_uri, existing=True)
     data = load(client, experiment=args.experiment, sweep=args.sweep)
+    check_pairs(data.finished, pairs)  # before anything is drawn
     out = Path(args.out) if args.out else Path("reports") / slug(args.sweep or data.experiments[0])
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder")

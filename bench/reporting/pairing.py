@@ -149,21 +149,27 @@ USER_METRICS = ["test_loss", "test_nll", "test_mse", "active_units"]
 
 def user_rows(fin: pd.DataFrame, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """--compare A:B: the runs of variant (or label) A against B at each latent size, paired by seed."""
-    known = sorted(set(fin["variant"]) | set(fin["label"]))
+    check_pairs(fin, pairs)
     out = []
     for name_a, name_b in pairs:
-        for name in (name_a, name_b):
-            if name not in known:
-                raise UserError(f"--compare {name_a}:{name_b}: no finished run of {name!r} here; variants there: "
-                                f"{', '.join(known)}")
         a = fin[(fin["variant"] == name_a) | (fin["label"] == name_a)]
         b = fin[(fin["variant"] == name_b) | (fin["label"] == name_b)]
         for z in sorted(set(a["latent"].dropna()) | set(b["latent"].dropna())):
             az, bz = a[a["latent"] == z], b[b["latent"] == z]
             for m in USER_METRICS:
-                if m in fin and az[m].notna().any() and bz[m].notna().any():
+                if m in fin and (az[m].notna().any() or bz[m].notna().any()):  # n = 0 rows say what is missing
                     out.append(row("user", name_a, name_b, z, m, pair(az, bz, m)))
     return out
+
+
+def check_pairs(fin: pd.DataFrame, pairs: list[tuple[str, str]]) -> None:
+    """UserError naming the variants there when a --compare name has no finished run."""
+    known = sorted(set(fin["variant"]) | set(fin["label"]))
+    for name_a, name_b in pairs:
+        for name in (name_a, name_b):
+            if name not in known:
+                raise UserError(f"--compare {name_a}:{name_b}: no finished run of {name!r} here; variants there: "
+                                f"{', '.join(known)}")
 
 
 def parse_pairs(specs: list[str] | None) -> list[tuple[str, str]]:
@@ -183,8 +189,10 @@ def verdict(r: dict[str, Any]) -> str:
         return "no two runs share a seed and have this metric: not paired, no interval"
     if n == 1:
         return "one seed-paired pair only (n = 1): no interval"
-    if r["sd_diff"] == 0 and r["mean_diff"] == 0:
-        return "no difference in any pair"
+    if r["sd_diff"] == 0:
+        if r["mean_diff"] == 0:
+            return "no difference in any pair"
+        return f"every pair differs by exactly {r['mean_diff']:+.4g}: no spread, no interval"
     if r["ci_low"] > 0 or r["ci_high"] < 0:
         a, b = r["variant_a"], r["variant_b"]
         if a == b and "→" in str(r["latent"]):  # the latent axis: one variant at two sizes

@@ -19,7 +19,8 @@ LEVEL = 0.95  # every interval in the report
 @dataclass(frozen=True)
 class Paired:
     """Mean paired difference (b - a) over n pairs, its 95% t-interval on n - 1 degrees of freedom, and the
-    two-sided p-value of a paired t-test. With n < 2 there is no interval: ci_low, ci_high, sd, p are NaN."""
+    two-sided p-value of a paired t-test. With n < 2 there is no interval: ci_low, ci_high, sd, p are NaN; with
+    identical differences (sd = 0) neither (ci_low, ci_high, p NaN)."""
 
     n: int
     mean_diff: float
@@ -46,11 +47,11 @@ def paired_t(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Pa
     if n < 2:
         return Paired(1, mean, nan, nan, nan, nan)
     sd = float(d.std(ddof=1))
+    if sd == 0:  # every pair differs by the same amount: no spread to build an interval or a test on (as scipy)
+        return Paired(n, mean, 0.0, nan, nan, nan)
     se = sd / math.sqrt(n)
     half = float(sps.t.ppf(0.5 + level / 2, n - 1)) * se
-    # every pair differing by the same amount leaves no noise to test against
-    p = (1.0 if mean == 0 else 0.0) if se == 0 else float(2 * sps.t.sf(abs(mean / se), n - 1))
-    return Paired(n, mean, sd, mean - half, mean + half, p)
+    return Paired(n, mean, sd, mean - half, mean + half, float(2 * sps.t.sf(abs(mean / se), n - 1)))
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -132,6 +133,6 @@ def sig2(x: float) -> str:
         return "—"
     if x == 0:
         return "0"
-    digits = 1 - int(math.floor(math.log10(abs(x))))
-    v = round(x, digits)
+    v = float(f"{x:.1e}")  # rounded first: 0.0996 -> 0.10, two figures of the rounded value
+    digits = 1 - int(math.floor(math.log10(abs(v))))
     return f"{v:,.0f}" if digits <= 0 else f"{v:.{digits}f}"

@@ -80,7 +80,7 @@ class Tables:
         for old in folder.glob("*.csv"):  # tables of an earlier report into this folder
             old.unlink()
         for name, frame in self.frames.items():
-            frame.to_csv(folder / f"{name}.csv", index=False, float_format="%.10g", lineterminator="\n")
+            frame.to_csv(folder / f"{name}.csv", index=False, lineterminator="\n")  # full precision
 
     def section(self) -> list[str]:
         """The last section of the report: which CSV holds which table, and what the numeric columns mean."""
