@@ -168,7 +168,7 @@ def test_compute_matched_table(built: Built) -> None:
     l5 = df[(df.variant == "sgvb_b_l5") & (df.latent == 10)].iloc[0]
     assert l5.decoder_evaluations == 5 * 2000 * synthetic.EPOCHS  # samples x limit_train x epochs
     assert "figures/compute_matched.png" in built.text
-    assert "verdict" not in section(built.text, "Compute-matched views").split("|")[0].lower() or True
+    assert "interval excludes" not in section(built.text, "Compute-matched views")  # seconds get no verdicts
 
 
 def test_gradient_variance_ratios_have_bootstrap_intervals(built: Built) -> None:
@@ -183,7 +183,8 @@ def test_gradient_variance_ratios_have_bootstrap_intervals(built: Built) -> None
         frames.append(pd.read_csv(client.download_artifacts(rid, "evaluation/gradvar.csv")))
     g = pd.concat(frames)
     enc = g[g.part == "encoder"]
-    assert r.ratio == pytest.approx(enc[enc.label == "iwae_L4"].variance.sum() / enc[enc.label == "sgvb_b"].variance.sum())
+    total = enc.groupby("label")["variance"].sum()
+    assert r.ratio == pytest.approx(total["iwae_L4"] / total["sgvb_b"])
     grad = section(built.text, "Gradient variance")
     assert re.search(r"\| 0\.\d\d \[0\.\d+, 0\.\d+\]", grad)  # 2 significant figures with the interval
 
