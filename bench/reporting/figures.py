@@ -181,6 +181,7 @@ def ratios(df: pd.DataFrame, title: str, path: Path) -> None:
     ax.errorbar(df["ratio"], y, xerr=[lo, hi], fmt="o", color="#1f4e79", capsize=3, markersize=4)
     ax.axvline(1, color="#c0392b", linewidth=1, linestyle="--")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(y, [f"{r.name} (trained {r.variant}, z={r.latent})" for r in df.itertuples()], fontsize=8)
     ax.set_xlabel("encoder gradient variance / SGVB B's (log scale)")
     fig.suptitle(title, fontsize=11, fontweight="bold")

@@ -19,7 +19,7 @@ from bench.reporting.tables import Tables
 
 REPO = Path(__file__).resolve().parents[2]
 FIGURES = "figures"
-MIN_IMPORTANCE_TRIALS = 30  # below this many completed trials Optuna's importances are not shown (see tuning())
+MIN_IMPORTANCE_TRIALS = 30  # completed trials below which Optuna's importances are noise (see tuning(); none shown)
 
 
 @dataclass
@@ -218,8 +218,9 @@ def tuning(ctx: Ctx) -> list[str]:
             "(`val_loss`), never on the test set; pruned trials end KILLED and are not failures.", "",
             ctx.table("tuning_studies", rows), "",
             f"Each study's run also holds Optuna's plots as artifacts. Its parameter-importance plot is left out of "
-            f"this report: importances are fitted to the completed trials (fANOVA, a random forest), and with fewer "
-            f"than {MIN_IMPORTANCE_TRIALS} of them — a few trials per parameter, on noisy objectives — they mostly "
+            f"this report: importances are fitted to the completed trials (fANOVA, a random forest), and below "
+            f"{MIN_IMPORTANCE_TRIALS} of them — about ten per searched parameter (learning rate, batch size, hidden "
+            "width), on objectives whose seed-to-seed noise is of the size of the effects — they mostly "
             "reflect where the sampler happened to look. Read it, if at all, for studies above that size.", ""]
 
 
