@@ -14,11 +14,11 @@ from bench.reporting.stats import LEVEL
 
 def paired_table(ctx: Ctx) -> pd.DataFrame:
     """Every paired comparison of the report, Holm-adjusted over all of them (computed once per report)."""
-    if getattr(ctx, "_paired", None) is None:
+    if ctx.paired is None:
         rows = [r for axis in AXES for r in axis_rows(ctx.fin, ctx.data.params, axis)]
         rows += user_rows(ctx.fin, ctx.pairs)
-        ctx._paired = finish(rows)
-    return ctx._paired
+        ctx.paired = finish(rows)
+    return ctx.paired
 
 
 def _diff_cell(r: pd.Series) -> str:

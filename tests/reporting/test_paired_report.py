@@ -5,7 +5,10 @@ tables/comparisons.csv is recomputed here from the runs' MLflow metrics, with sc
 from __future__ import annotations
 
 import math
+import os
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from scipy import stats as sps
 
 from bench import report
 from bench.cli import main_guard
+from tests.conftest import REPO
 from tests.reporting import synthetic
 from tests.reporting.test_report import rows, section
 
@@ -201,3 +205,14 @@ def test_unknown_baseline_is_said_plainly(built: Built, tmp_path: Path) -> None:
                         "--baseline", "nope"]) == 0
     text = (tmp_path / "report.md").read_text()
     assert "No finished run of the baseline `nope` here" in text
+
+
+def test_no_download_bars_on_the_console(built: Built, tmp_path: Path) -> None:
+    """The report downloads each measured run's gradvar.csv: MLflow would draw a progress bar per download."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"}
+    proc = subprocess.run([sys.executable, "-m", "bench.report", "--tracking-uri", built.uri, "--sweep",
+                           synthetic.SWEEP, "--out", str(tmp_path), "--compare", "sgvb_b:iwae_k5"], env=env,
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "Downloading artifacts" not in proc.stderr + proc.stdout
+    assert (tmp_path / "tables" / "gradient_variance_ratios.csv").is_file()
