@@ -14,6 +14,7 @@
 #   EPOCHS         [10]            LIMIT_TRAIN  training images [unset: all 60,000]
 #   NLL_SAMPLES    importance samples K for test_nll, on every run [1000: the IWAE comparison's K]
 #   GRADVAR_SEEDS  runs of these seeds get bench.evaluate --gradient-variance [every seed]; empty to skip
+#   GRADVAR_VARIANTS  ... and of these variants [every variant] (QUICK: sgvb_b, about 30 s per evaluation here)
 #   REPEATS        noise draws per estimator for the gradient variance [100]
 #   COMPARE        extra pairs for bench.report --compare, space separated [sgvb_b_l5:iwae_k5, if both are run]
 #   SWEEP          the sweep id (tag bench.sweep) [example]
@@ -24,6 +25,7 @@ cd "$(dirname "$0")/.."
 if [[ -n "${QUICK:-}" ]]; then
   : "${STORE:=/tmp/vae-bench-example-quick}" "${OUT:=/tmp/vae-bench-example-quick/report}"
   : "${EPOCHS:=1}" "${LIMIT_TRAIN:=300}" "${NLL_SAMPLES:=5}" "${REPEATS:=2}" "${LATENTS:=2,10}" "${SEEDS:=1,2}"
+  : "${GRADVAR_VARIANTS:=sgvb_b}"
 fi
 STORE=${STORE:-/tmp/vae-bench-example}
 OUT=${OUT:-reports/example}
@@ -35,6 +37,7 @@ EPOCHS=${EPOCHS:-10}
 LIMIT_TRAIN=${LIMIT_TRAIN:-}
 NLL_SAMPLES=${NLL_SAMPLES:-1000}
 GRADVAR_SEEDS=${GRADVAR_SEEDS-$SEEDS}
+GRADVAR_VARIANTS=${GRADVAR_VARIANTS:-}
 REPEATS=${REPEATS:-100}
 
 # The IWAE family joins when this checkout registers it (another branch adds IWAE-DReG and IWAE-STL).
@@ -70,16 +73,18 @@ echo "   training took $((SECONDS - t0)) s"
 t0=$SECONDS
 if [[ -n "$GRADVAR_SEEDS" ]] && python -m bench.evaluate --help 2>/dev/null | grep -q -- --gradient-variance; then
   # The finished runs of the sweep with a seed in GRADVAR_SEEDS and no gradient variance yet.
-  mapfile -t ids < <(python - "$URI" "$SWEEP" "$GRADVAR_SEEDS" <<'EOF'
+  mapfile -t ids < <(python - "$URI" "$SWEEP" "$GRADVAR_SEEDS" "$GRADVAR_VARIANTS" <<'EOF'
 import sys
 
 import mlflow
 
 uri, sweep, seeds = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+variants = set(filter(None, sys.argv[4].split(",")))
 mlflow.set_tracking_uri(uri)
 runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`bench.sweep` = '{sweep}'")
 for _, r in runs.sort_values("tags.mlflow.runName").iterrows():
     if (r["status"] == "FINISHED" and r["params.seed"] in seeds
+            and (not variants or r["params.variant"] in variants)
             and r.isna().get("metrics.gradvar/encoder/sgvb_b", True)
             and r.isna().get("metrics.gradvar_encoder_sgvb_b", True)):  # the names before the GRADVAR contract
         print(r["run_id"])
