@@ -125,7 +125,7 @@ def ratios(gv: pd.DataFrame) -> pd.DataFrame:
 
 def interval(r: pd.Series) -> str:
     if pd.isna(r["ci_low"]):
-        return f"{sig2(r['ratio'])} (no interval)"
+        return f"{sig2(r['ratio'])} (no interval: {r['resampled'].split(': ')[0]})"
     return f"{sig2(r['ratio'])} [{sig2(r['ci_low'])}, {sig2(r['ci_high'])}]"
 
 
@@ -182,14 +182,18 @@ def gradient_variance(ctx: Ctx, figures: bool) -> list[str]:
             lines += [f"*{what[0].upper() + what[1:]}*", "", table(rows), ""]
             ctx.tables.add("gradient_variance_ratios_" + ("by_estimator" if col is None else "by_samples"),
                            pd.DataFrame(rows))
-        if figures:
+        if figures:  # one trained variant (the baseline's, where measured), or the figure is unreadable
+            trained = sorted(set(rat["variant"]))
+            shown = next((v for v in trained if v == ctx.baseline), trained[0])
+            sub = rat[rat["variant"] == shown]
             fig = "gradient_variance_ratios.png"
-            rf.ratios(rat.assign(name=[name(r["label"], r["samples"]) for _, r in rat.iterrows()]),
-                      "Encoder gradient variance relative to SGVB B (L = 1), 95% bootstrap intervals",
+            rf.ratios(sub.assign(name=[name(r["label"], r["samples"]) for _, r in sub.iterrows()]),
+                      f"Encoder gradient variance relative to SGVB B (L = 1) at trained {shown} parameters",
                       ctx.figure(fig))
             lines += [f"![Encoder gradient variance ratios]({FIGURES}/{fig})", "",
-                      "Each point: the ratio pooled over the measured runs of one trained variant and latent size; "
-                      "bars: 95% bootstrap interval; log scale.", ""]
+                      f"Each point: the ratio pooled over the measured {shown} runs of one latent size; bars: 95% "
+                      "bootstrap interval (none where too few runs or minibatches were measured); log scale. The "
+                      "other trained variants are in the tables above.", ""]
     else:
         lines += [f"No SGVB B measurement to take ratios against ({DASH}).", ""]
     lines += ["Signal-to-noise ratios (`gradsnr/...`) and a per-model table (`evaluation/gradvar.md`) are in each "

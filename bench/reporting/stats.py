@@ -94,7 +94,8 @@ def bootstrap_ratio(num: Sequence[Sequence[float]], den: Sequence[Sequence[float
     """sum(num) / sum(den) over runs (rows) and minibatches (columns; num[r][b] and den[r][b] measured on the
     same minibatch of the same run), with a two-stage percentile bootstrap: runs with replacement, then the
     minibatches of each drawn run with replacement. Runs with different minibatch counts are resampled by run
-    only (their per-run means); a single run by minibatch only; one value has no interval."""
+    only (their per-run means); a single run by minibatch only. Too few units for a percentile interval to mean
+    anything (fewer than 3 runs resampled by run, or 3 minibatches of a single run) give none."""
     rows = [(np.asarray(x, float), np.asarray(y, float)) for x, y in zip(num, den, strict=True)]
     rows = [(x[np.isfinite(x) & np.isfinite(y)], y[np.isfinite(x) & np.isfinite(y)]) for x, y in rows]
     rows = [(x, y) for x, y in rows if len(x)]
@@ -105,7 +106,8 @@ def bootstrap_ratio(num: Sequence[Sequence[float]], den: Sequence[Sequence[float
     sizes = {len(x) for x, _ in rows}
     point = sum(x.mean() for x, _ in rows) / sum(y.mean() for _, y in rows)
     rng = np.random.default_rng(seed)
-    if len(sizes) == 1 and (b := sizes.pop()) > 1:
+    b = sizes.pop() if len(sizes) == 1 else 0
+    if b > 1 and (r > 1 or b >= 3):
         n = np.stack([x for x, _ in rows])
         d = np.stack([y for _, y in rows])
         ir = rng.integers(r, size=(reps, r))[..., None]
@@ -113,7 +115,7 @@ def bootstrap_ratio(num: Sequence[Sequence[float]], den: Sequence[Sequence[float
         sims = n[ir, ib].sum(axis=(1, 2)) / d[ir, ib].sum(axis=(1, 2))
         over = f"{r} runs × {b} minibatches" if r > 1 else f"the {b} minibatches of 1 run"
         batches = b
-    elif r > 1:
+    elif r >= 3:
         n = np.array([x.mean() for x, _ in rows])
         d = np.array([y.mean() for _, y in rows])
         ir = rng.integers(r, size=(reps, r))
@@ -121,7 +123,8 @@ def bootstrap_ratio(num: Sequence[Sequence[float]], den: Sequence[Sequence[float
         over = f"{r} runs (per-run means)"
         batches = min(len(x) for x, _ in rows)
     else:
-        return Ratio(float(point), nan, nan, 1, len(rows[0][0]), "one value: no interval")
+        return Ratio(float(point), nan, nan, r, min(len(x) for x, _ in rows),
+                     f"{r} run(s) × {b or 'unequal'} minibatch(es): too few for an interval")
     alpha = (1 - level) / 2
     lo, hi = np.quantile(sims, [alpha, 1 - alpha])
     return Ratio(float(point), float(lo), float(hi), r, batches, over)

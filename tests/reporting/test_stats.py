@@ -54,8 +54,10 @@ def test_bootstrap_ratio_point_and_degenerate_cases() -> None:
     r = bootstrap_ratio([[2.0, 4.0], [6.0, 8.0]], [[1.0, 1.0], [1.0, 1.0]])
     assert r.ratio == pytest.approx(5.0) and r.ci_low <= 5.0 <= r.ci_high and (r.runs, r.batches) == (2, 2)
     assert math.isnan(bootstrap_ratio([[3.0]], [[1.0]]).ci_low)  # one value: no interval
-    ragged = bootstrap_ratio([[2.0, 2.0], [4.0]], [[1.0, 1.0], [1.0]])
-    assert ragged.over == "2 runs (per-run means)"
+    assert math.isnan(bootstrap_ratio([[3.0], [4.0]], [[1.0], [1.0]]).ci_low)  # 2 runs of one minibatch: too few
+    assert math.isnan(bootstrap_ratio([[2.0, 2.0], [4.0]], [[1.0, 1.0], [1.0]]).ci_low)
+    ragged = bootstrap_ratio([[2.0, 2.0], [4.0], [3.0]], [[1.0, 1.0], [1.0], [1.0]])
+    assert ragged.over == "3 runs (per-run means)" and ragged.ci_low < ragged.ratio < ragged.ci_high
 
 
 def test_bootstrap_interval_covers_the_true_ratio() -> None:
