@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.reporting.markdown import DASH, METRIC_NAMES, fmt, signed, table
+from bench.reporting.markdown import DASH, METRIC_NAMES, fmt, num, signed, table
 from bench.reporting.pairing import AXES, axis_rows, finish, user_rows
 from bench.reporting.sections import FIGURES, Ctx, family
 from bench.reporting.stats import LEVEL
@@ -26,7 +26,7 @@ def _diff_cell(r: pd.Series) -> str:
     if r["n"] == 0:
         return DASH
     text = signed(r["mean_diff"], spec)
-    if r["n"] >= 2:
+    if r["n"] >= 2 and pd.notna(r["ci_low"]):
         text += f" [{format(r['ci_low'], spec)}, {format(r['ci_high'], spec)}]"
     return text
 
@@ -86,8 +86,10 @@ def comparisons(ctx: Ctx, figures: bool) -> list[str]:
         if axis.key == "latent":
             title = "Latent size " + " vs ".join(str(z) for z in sorted(ctx.fin["latent"].dropna().unique()))
         if axis.key == "iwae_family" and not sub.empty:
-            ks = sorted({str(v) for v in ctx.fin.loc[ctx.fin["estimator"].isin(["iwae", "iwae_dreg", "iwae_stl"]),
-                                                     "nll_samples"].dropna()}) if "nll_samples" in ctx.fin else []
+            family_runs = ctx.fin[ctx.fin["estimator"].isin(["iwae", "iwae_dreg", "iwae_stl"])]
+            ks = sorted({int(num(v)) for v in family_runs.get("nll_samples", pd.Series(dtype=object)).dropna()
+                         if num(v) is not None})
+            ks = [f"{k:,}" for k in ks]
             intro = axis.intro + (f" Test NLL with K = {', '.join(ks)} importance samples." if ks else "")
         else:
             intro = axis.intro
