@@ -62,7 +62,7 @@ def trend_differences(ctx: Ctx, figures: bool) -> list[str]:
     lines += [f"Test −ELBO of each variant minus `{ctx.baseline}`'s, epoch by epoch, paired by seed at each latent "
               "size: the line is the mean paired difference, the band its 95% t-interval (pointwise, one epoch at "
               "a time; no band where fewer than two seeds pair). Below 0: lower (better) than the baseline. The "
-              "absolute curves are above; the differences, under a nat, are invisible at their scale.", ""]
+              "absolute curves are above, where differences of a nat or so are lost in a 100-nat axis.", ""]
     if figures:
         name = "trend_differences.png"
         colours = {k: v for k, v in ctx.colours.items() if k in set(df["variant_b"])}
