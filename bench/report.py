@@ -1,8 +1,10 @@
 """python -m bench.report: tracked runs -> a Markdown comparison with seaborn figures.
 
     python -m bench.report [--experiment NAME] [--sweep ID] [--tracking-uri URI] [--out DIR] [--date YYYY-MM-DD]
+                           [--baseline NAME] [--compare A:B ...]
 
-Writes DIR/report.md and its figures in DIR/figures/ (linked by relative paths). Only FINISHED runs are
+Writes DIR/report.md, its figures in DIR/figures/ (linked by relative paths) and every table as CSV in
+DIR/tables/. Only FINISHED runs are
 averaged; failed, killed and unfinished runs are listed on their own. The same store gives the same report:
 everything is sorted and the only clock reading is the header's date (--date, else $SOURCE_DATE_EPOCH,
 else today, UTC).
@@ -27,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output folder (default reports/<sweep or experiment>); "
                    "report.md is overwritten and figures/ rewritten")
     p.add_argument("--date", metavar="YYYY-MM-DD", help="date in the header (default $SOURCE_DATE_EPOCH or today)")
+    p.add_argument("--baseline", metavar="NAME", default="sgvb_b",
+                   help="variant the per-epoch difference curves and compute-matched reads are taken against "
+                   "(default sgvb_b)")
+    p.add_argument("--compare", metavar="A:B", action="append",
+                   help="also compare variant B with A, paired by seed at each latent size (repeatable)")
     return p
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.reporting.markdown import DASH, METRIC_NAMES, cell, join_ints, join_str, num, signed, table
+from bench.reporting.markdown import DASH, METRIC_NAMES, cell, join_ints, join_str, num, signed
 from bench.reporting.sections import FIGURES, Ctx, long_history
 
 SEED_CONFIG = {"estimator": "sgvb_b", "samples": "1", "decoder": "bernoulli", "hidden": "400",
@@ -76,7 +76,7 @@ def anchors(ctx: Ctx, figures: bool) -> list[str]:
         lines += ["The seed trains SGVB B, L=1, a Bernoulli decoder, 784-400-20 with ReLU, Adam 1e-3, batch 128, on "
                   "grey-level MNIST for 10 epochs; the runs below have that configuration. Training figures are "
                   "epoch averages over the training set while the weights change, as the seed prints them.", "",
-                  table(rows), ""]
+                  ctx.table("anchor_seed", rows), ""]
         lines += seed_verdict(hist[hist["label"] == labels[0]], labels[0])
         if figures and not hist.empty:
             seed = "the seed's blog post (BCE and KL approximate)"
@@ -105,7 +105,7 @@ def anchors(ctx: Ctx, figures: bool) -> list[str]:
         lines += ["Their Fig. 2 reports the average lower bound per datapoint; shown here negated (−ELBO, nats) to "
                   "match this report, read off the figure to about ±1 nat. A loose comparison: they use 500 tanh "
                   "hidden units, Adagrad and minibatches of 100, and train far longer than these runs, while this "
-                  "suite uses 400 ReLU units and Adam.", "", table(rows), ""]
+                  "suite uses 400 ReLU units and Adam.", "", ctx.table("anchor_kingma_welling", rows), ""]
     lines += ["### Burda, Grosse & Salakhutdinov (2015), IWAE", ""]
     binarised = ctx.fin[ctx.fin.get("binarize", pd.Series("none", index=ctx.fin.index)).isin(["static", "dynamic"])]
     if binarised.empty or not ctx.has("test_nll", binarised):
@@ -117,11 +117,11 @@ def anchors(ctx: Ctx, figures: bool) -> list[str]:
         lines += ["Their Table 1 (784-200-200-50 tanh, Adam, batch 20, 3,280 epochs, NLL from 5,000 importance "
                   "samples), then pythae's VAE reproduction (784-400 ReLU, 40 latent, static binarisation, 500 "
                   "epochs, 200 samples): 89.78. A loose comparison: different architectures and far longer training.",
-                  "", table(rows), ""]
+                  "", ctx.table("anchor_burda", rows), ""]
         ours = []
         for (label, latent), g in binarised.groupby(["label", "latent"], sort=True):
             if g["test_nll"].notna().any():
                 ours.append({"variant": label, "z": latent, "binarisation": join_str(g["binarize"]),
                              "epochs": join_ints(g["epochs_logged"]), "test NLL": cell(g["test_nll"], ".2f", len(g))})
-        lines += ["This suite, binarised runs:", "", table(ours), ""]
+        lines += ["This suite, binarised runs:", "", ctx.table("anchor_burda_ours", ours), ""]
     return lines

@@ -7,7 +7,6 @@ Everything is sorted, so the same store always gives the same frames.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from bench.tracking.names import (
     DEFAULT_EXPERIMENT,
     EPOCHS_TAG,
     FAILURE_TAG,
+    GIT_COMMIT_TAG,
+    GIT_DIRTY_TAG,
     MEMBER_TAG,
     PARENT_TAG,
     ROLE_TAG,
@@ -35,7 +36,9 @@ HISTORY_METRICS = ("train_loss", "train_recon", "train_kld", "test_loss", "test_
                    "test_mse", "epoch_seconds")
 CORE_METRICS = HISTORY_METRICS  # a finished run of bench.run has all of these; a run without one is flagged
 # Params that do not define a configuration: runs differing only in these are repeats of one another.
-NON_CONFIG_PARAMS = {"seed", "device", "data", "data_digest", "nll_samples"}
+# Evaluation settings (bench.evaluate's K and gradient-variance draws) are not part of what was trained.
+NON_CONFIG_PARAMS = {"seed", "device", "data", "data_digest", "nll_samples", "gradvar_repeats", "gradvar_batches",
+                     "gradvar_batch_size"}
 CHUNK = 500  # run ids per bulk query
 
 
@@ -150,6 +153,8 @@ def tidy(raw: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
         "parent_run_id": _col(raw, f"tags.{PARENT_TAG}").astype(object),
         "sweep": _col(raw, f"tags.{SWEEP_TAG}").astype(object),
         "study": _col(raw, f"tags.{STUDY_TAG}").astype(object),
+        "git_commit": _col(raw, f"tags.{GIT_COMMIT_TAG}").astype(object),
+        "git_dirty": _col(raw, f"tags.{GIT_DIRTY_TAG}").astype(object),
     }
     for c in sorted(c for c in raw if c.startswith("tags.best.")):  # a study's best trial and params
         cols[c[len("tags."):]] = raw[c].astype(object)
@@ -257,6 +262,3 @@ def load(client: MlflowClient, experiment: str | None = None, sweep: str | None 
     return data
 
 
-def gradvar_metric_names(metrics: Iterable[str]) -> list[str]:
-    """bench.evaluate's gradvar_<encoder|decoder>_<estimator> metrics (not its ratios), sorted."""
-    return sorted(m for m in metrics if re.fullmatch(r"gradvar_(encoder|decoder)_\w+", m))

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
 DPI = 110
 PNG_METADATA = {"Software": None}  # no matplotlib version in the file: the same data gives the same bytes
@@ -144,29 +144,91 @@ def anchor_curve(long: pd.DataFrame, rows: list[tuple[str, str, dict[int, float]
     _save(fig, path)
 
 
-def gradvar(df: pd.DataFrame, order: list[str], title: str, path: Path) -> None:
-    """Gradient variance by estimator (log scale), encoder and decoder side by side, hue = latent size."""
-    df = plain_str(df, "estimator")
-    df["z"] = pd.Series([f"z = {z}" for z in df["latent"]], index=df.index, dtype=object)
-    zs = [f"z = {z}" for z in sorted(df["latent"].unique())]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
-    for ax, part in zip(axes, ("encoder", "decoder"), strict=True):
-        sub = df[df["part"] == part]
-        sns.pointplot(data=sub, x="estimator", y="value", order=order, hue="z", hue_order=zs,
-                      palette=sns.color_palette("viridis", len(zs)), errorbar="sd", linestyle="none",
-                      dodge=0.3 if len(zs) > 1 else False,
-                      markersize=6, capsize=0.1, err_kws={"linewidth": 1.2}, ax=ax)
-        ax.set_yscale("log")
-        ax.set_title(f"{part} gradient")
-        ax.set_xlabel("")
-        ax.set_ylabel("total variance (log scale)" if part == "encoder" else "")
-        ax.tick_params(axis="x", labelrotation=25)
-        for label in ax.get_xticklabels():
-            label.set_horizontalalignment("right")
-        if ax.get_legend() is not None:
-            ax.get_legend().remove()
-    handles, labels = axes[0].get_legend_handles_labels()
+def _interval_axes(n: int, width: float = 5.2, height: float = 0.32) -> tuple[plt.Figure, list[plt.Axes]]:
+    fig, axes = plt.subplots(1, n, figsize=(width * n, max(2.0, height)), squeeze=False)
+    return fig, list(axes[0])
+
+
+def forest(df: pd.DataFrame, title: str, path: Path) -> None:
+    """Paired differences b - a with their intervals, one panel per metric (own scale), a line at 0."""
+    metrics = list(dict.fromkeys(df["metric"]))
+    tallest = max(int((df["metric"] == m).sum()) for m in metrics)
+    fig, axes = _interval_axes(len(metrics), 5.2, 0.9 + 0.38 * tallest)
+    for ax, m in zip(axes, metrics, strict=True):
+        sub = df[df["metric"] == m].iloc[::-1]
+        y = range(len(sub))
+        labels = [legend_text(f"{r.variant_b} − {r.variant_a}, z={r.latent}") for r in sub.itertuples()]
+        err = [sub["mean_diff"] - sub["ci_low"], sub["ci_high"] - sub["mean_diff"]]
+        ax.errorbar(sub["mean_diff"], list(y), xerr=err, fmt="o", color="#1f4e79", capsize=3, markersize=4,
+                    linewidth=1.2)
+        ax.axvline(0, color="#c0392b", linewidth=1, linestyle="--")
+        ax.set_yticks(list(y), labels, fontsize=8)
+        ax.set_title(m, fontsize=10)
+        ax.set_xlabel("B − A (95% t-interval)")
+    fig.suptitle(title, fontsize=11, fontweight="bold")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def ratios(df: pd.DataFrame, title: str, path: Path) -> None:
+    """Variance ratios with bootstrap intervals (log scale), one row per (trained variant, latent, estimator)."""
+    df = df.iloc[::-1]
+    fig, axes = _interval_axes(1, 7.0, 0.9 + 0.3 * len(df))
+    ax = axes[0]
+    y = list(range(len(df)))
+    lo = (df["ratio"] - df["ci_low"]).fillna(0).clip(lower=0)
+    hi = (df["ci_high"] - df["ratio"]).fillna(0).clip(lower=0)
+    ax.errorbar(df["ratio"], y, xerr=[lo, hi], fmt="o", color="#1f4e79", capsize=3, markersize=4)
+    ax.axvline(1, color="#c0392b", linewidth=1, linestyle="--")
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_yticks(y, [f"{r.name} (trained {r.variant}, z={r.latent})" for r in df.itertuples()], fontsize=8)
+    ax.set_xlabel("encoder gradient variance / SGVB B's (log scale)")
+    fig.suptitle(title, fontsize=11, fontweight="bold")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def diff_curves(df: pd.DataFrame, colours: dict[str, tuple], title: str, path: Path) -> None:
+    """Per-epoch paired differences from a baseline with their 95% bands, one panel per latent size."""
+    latents = sorted(df["latent"].unique())
+    fig, axes = plt.subplots(1, len(latents), figsize=(4.2 * len(latents), 3.4), squeeze=False, sharey=False)
+    for ax, z in zip(axes[0], latents, strict=True):
+        for label, colour in colours.items():
+            sub = df[(df["latent"] == z) & (df["variant_b"] == label)].sort_values("epoch")
+            if sub.empty:
+                continue
+            ax.plot(sub["epoch"], sub["mean_diff"], marker="o", markersize=3, color=colour, linewidth=1.5)
+            ax.fill_between(sub["epoch"], sub["ci_low"], sub["ci_high"], color=colour, alpha=0.2, linewidth=0)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_title(f"latent z = {z}", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test −ELBO difference (nats)" if z == latents[0] else "")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title, fontsize=12, fontweight="bold")
     fig.tight_layout()
-    fig.legend(handles, labels, title="latent", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.legend(*legend_entries(colours, list(colours)), title="variant", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    _save(fig, path)
+
+
+def compute(df: pd.DataFrame, colours: dict[str, tuple], title: str, path: Path) -> None:
+    """Mean test -ELBO per epoch against mean cumulative seconds and decoder evaluations; rows = latent sizes."""
+    latents = sorted(df["latent"].unique())
+    fig, axes = plt.subplots(len(latents), 2, figsize=(10, 2.9 * len(latents)), squeeze=False)
+    means = df.groupby(["label", "latent", "epoch"])[["seconds", "decoder_evaluations", "value"]].mean()
+    for i, z in enumerate(latents):
+        for j, x in enumerate(("seconds", "decoder_evaluations")):
+            ax = axes[i][j]
+            for label, colour in colours.items():
+                if (label, z) in means.index.droplevel("epoch"):
+                    c = means.loc[(label, z)]
+                    ax.plot(c[x], c["value"], marker="o", markersize=3, color=colour, linewidth=1.4)
+            if x == "decoder_evaluations":
+                ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short log axis
+            ax.set_xlabel("cumulative training seconds" if j == 0 else "decoder evaluations (log scale)")
+            ax.set_ylabel(f"test −ELBO, z = {z}" if j == 0 else "")
+    fig.suptitle(title, fontsize=12, fontweight="bold")
+    fig.tight_layout()
+    fig.legend(*legend_entries(colours, list(colours)), title="variant", loc="center left", bbox_to_anchor=(1.0, 0.5))
     _save(fig, path)

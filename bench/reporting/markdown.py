@@ -21,14 +21,16 @@ def fmt(metric: str) -> str:
     return FORMATS.get(metric, ".2f")
 
 
-def cell(values: pd.Series, spec: str, total: int | None = None) -> str:
-    """mean ± sd over the runs that have the value; '(k of n runs)' when some lack it; — when none has it."""
+def cell(values: pd.Series, spec: str, total: int | None = None, spread: str = "sd") -> str:
+    """mean ± sd (spread="se": ± standard error) over the runs that have the value; '(k of n runs)' when some lack
+    it; — when none has it."""
     v = values.dropna()
     if v.empty:
         return DASH
     text = format(v.mean(), spec)
     if len(v) > 1:
-        text += f" ± {format(v.std(ddof=1), spec)}"
+        sd = v.std(ddof=1)
+        text += f" ± {format(sd / len(v) ** 0.5 if spread == 'se' else sd, spec)}"
     if total is not None and len(v) < total:
         text += f" ({len(v)} of {total} runs)"
     return text

@@ -4,23 +4,22 @@ report_comparisons, the seed's and the papers' numbers in report_anchors."""
 
 from __future__ import annotations
 
-import os
-import platform
 import re
 import shutil
-import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from bench.reporting.data import CORE_METRICS, ReportData, config_params
-from bench.reporting.markdown import DASH, METRIC_NAMES, cell, esc, fmt, join_ints, num, short, slug, table
+from bench.reporting.markdown import DASH, esc, num, short, slug, table
+from bench.reporting.tables import Tables
 
 REPO = Path(__file__).resolve().parents[2]
 FIGURES = "figures"
+MIN_IMPORTANCE_TRIALS = 30  # completed trials below which Optuna's importances are noise (see tuning(); none shown)
 
 
 @dataclass
@@ -29,6 +28,15 @@ class Ctx:
     out: Path
     colours: dict[str, tuple[float, float, float]]
     figures: list[str]
+    tables: Tables = field(default_factory=Tables)
+    baseline: str = "sgvb_b"  # the variant the per-epoch difference curves are taken against
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # --compare A:B
+    paired: pd.DataFrame | None = None  # every paired comparison (comparisons.paired_table), computed once
+
+    def table(self, name: str, rows: list[dict[str, Any]], csv: pd.DataFrame | None = None) -> str:
+        """A Markdown table of ``rows``, also written as tables/<name>.csv (``csv`` if given, else the rows)."""
+        self.tables.add(name, csv if csv is not None else pd.DataFrame(rows))
+        return table(rows)
 
     @property
     def fin(self) -> pd.DataFrame:
@@ -57,122 +65,6 @@ def long_history(ctx: Ctx, metrics: list[str], runs: pd.DataFrame) -> pd.DataFra
     meta = runs[["run_id", "label", "latent", "seed"]]
     df = h.merge(meta, on="run_id", how="inner").rename(columns={"step": "epoch", "metric": "quantity"})
     return df.sort_values(["label", "latent", "seed", "quantity", "epoch"], kind="stable").reset_index(drop=True)
-
-
-def git_commit(out: Path | None = None) -> str:
-    """The checkout's commit, and whether code differs from it. The report's own folder does not count:
-    rewriting a committed report (its figures are cleared first) is not a change to the code."""
-    exclude = []
-    if out is not None and out.resolve().is_relative_to(REPO):
-        exclude = [f":(exclude){out.resolve().relative_to(REPO).as_posix()}"]
-    try:
-        sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                *exclude], capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (not a git checkout)"
-    return f"`{sha}`" + (" with uncommitted changes" if dirty else "")
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import mlflow
-    import torch
-
-    return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} logical cores; "
-            f"Python {platform.python_version()}, torch {torch.__version__}, mlflow {mlflow.__version__}")
-
-
-def header(ctx: Ctx, date: str) -> list[str]:
-    d = ctx.data
-    runs = d.runs
-    main = d.main
-    statuses = main["status"].value_counts()
-    counts = ", ".join(f"{statuses.get(s, 0)} {s.lower()}" for s in ("FINISHED", "FAILED", "KILLED"))
-    other = int(len(main) - statuses.reindex(["FINISHED", "FAILED", "KILLED"]).fillna(0).sum())
-    if other:
-        counts += f", {other} unfinished"
-    fin = ctx.fin
-    epochs = sorted(set(fin["epochs_logged"])) or [0]
-    epoch_text = f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]}–{epochs[-1]}"
-    what = f"sweep `{d.sweep}`" if d.sweep else f"experiment `{d.experiments[0]}`"
-    title = f"# vae-bench report: {what}"
-    where = f"sweep `{d.sweep}` in experiment {', '.join(f'`{e}`' for e in d.experiments)}" if d.sweep \
-        else f"experiment `{d.experiments[0]}`"
-    n_studies = int((runs["role"] == "study").sum())
-    n_trials = int((runs["role"] == "trial").sum())
-    tuning = (f"{n_studies} Optuna stud{'y' if n_studies == 1 else 'ies'} of {n_trials} trial runs "
-              "(see *Tuning studies*)") if n_studies else ""
-    shown = fin if len(fin) else runs
-    devices = sorted(set(shown.get("device", pd.Series(dtype=object)).dropna()) |
-                     set(shown.get("precision", pd.Series(dtype=object)).dropna()))
-    if len(fin):
-        count_line = (f"{len(main)} runs: {counts}. Averaged: {len(fin)} finished runs of {fin['label'].nunique()} "
-                      f"variants × latent sizes {join_ints(fin['latent'])} × seeds {join_ints(fin['seed'])}, "
-                      f"{epoch_text} epoch{'' if epoch_text == '1' else 's'} each"
-                      + (f"; plus {tuning}" if tuning else "") + ".")
-    else:
-        count_line = f"no runs of a comparison here; {tuning or 'no tuning studies'}."
-    lines = [
-        title, "",
-        f"- **Date:** {date}",
-        f"- **Code:** vae-bench commit {git_commit(ctx.out)}",
-        f"- **Runs:** {where}, tracking store `{d.uri}`",
-        f"- **Counts:** {count_line}",
-        f"- **Machine:** report made on {machine()}; runs trained on {', '.join(devices) or 'unknown'}.",
-        "",
-        "All losses are in nats per image and lower is better: −ELBO = reconstruction + KL, the negative of the "
-        "evidence lower bound. Test metrics are computed on the 10,000 MNIST test images in the same way for every "
-        "variant (analytic KL, one reparameterised sample from a fixed noise seed), so any two runs compare on "
-        "equal terms. Cells read *mean ± standard deviation over seeds*; a dash means not measured.",
-        "",
-    ]
-    return lines
-
-
-def summary(ctx: Ctx) -> list[str]:
-    fin = ctx.fin
-    lines = ["## Summary", ""]
-    families = sorted(fin["decoder"].map(family).unique()) if "decoder" in fin else ["unknown"]
-    for fam in families:
-        runs = fin[fin["decoder"].map(family) == fam] if "decoder" in fin else fin
-        cols = [("train_loss", "train −ELBO"), ("test_loss", "test −ELBO"),
-                ("test_recon", f"test {recon_name(fam)}"), ("test_kld", "test KL")]
-        cols += [(m, METRIC_NAMES[m]) for m in ("test_nll", "active_units") if ctx.has(m, runs)]
-        cols += [("sec_per_epoch", "s / epoch")]
-        rows = []
-        for (label, latent), g in runs.groupby(["label", "latent"], sort=True, dropna=False):
-            epochs = sorted(set(g["epochs_logged"]))
-            row = {"variant": label, "z": latent, "seeds": join_ints(g["seed"]),
-                   "epochs": str(epochs[0]) if len(epochs) == 1 else f"{epochs[0]}–{epochs[-1]}"}
-            for m, name in cols:
-                row[name] = cell(g[m], fmt(m), len(g)) if m in g else DASH
-            rows.append(row)
-        if len(families) > 1:
-            lines += [f"### {fam.capitalize()} decoder", ""]
-        if fam == "gaussian":
-            lines += ["The Gaussian decoder's reconstruction term is a density (−log N(x; f(z), cI) on grey levels), "
-                      "so its −ELBO is not on the Bernoulli scale; compare decoders on test MSE "
-                      "(*Bernoulli vs Gaussian* below).", ""]
-        lines += [table(rows), ""]
-    if ctx.has("test_nll"):
-        nll = sorted({int(num(v) or 0) for v in ctx.fin.get("nll_samples", pd.Series(dtype=object)).dropna()})
-        k = f" with {', '.join(map(str, nll))} importance samples" if nll else ""
-        lines += [f"Test NLL is the importance-sampled −log p(x){k}, an upper bound tighter than −ELBO.", ""]
-    if ctx.has("active_units"):
-        lines += ["Active units: latent dimensions whose encoder mean varies over the test set by more than 0.01 "
-                  "(Burda et al.'s rule).", ""]
-    lines += ["*s / epoch*: wall-clock seconds per epoch, training plus test evaluation, images and checkpoint, "
-              "averaged over the epochs of each run.", ""]
-    return lines
 
 
 def trends(ctx: Ctx, figures: bool) -> list[str]:
@@ -264,7 +156,7 @@ def pictures(ctx: Ctx, figures: bool) -> list[str]:
                      "samples": links.get("samples", "not logged")})
     if not rows:
         return lines + ["No finished run here logged its images.", ""]
-    return lines + [table(rows), ""]
+    return lines + [ctx.table("best_runs", rows), ""]
 
 
 def fetch_image(client: Any, run_id: str, kind: str, dest: Path) -> bool:
@@ -324,7 +216,12 @@ def tuning(ctx: Ctx) -> list[str]:
             f"Optuna studies of bench.tune (experiment {', '.join(f'`{w}`' for w in where)}): each is an MLflow "
             "parent run with one child run per trial. Trials are chosen on held-out training images "
             "(`val_loss`), never on the test set; pruned trials end KILLED and are not failures.", "",
-            table(rows), ""]
+            ctx.table("tuning_studies", rows), "",
+            f"Each study's run also holds Optuna's plots as artifacts. Its parameter-importance plot is left out of "
+            f"this report: importances are fitted to the completed trials (fANOVA, a random forest), and below "
+            f"{MIN_IMPORTANCE_TRIALS} of them — about ten per searched parameter (learning rate, batch size, hidden "
+            "width), on objectives whose seed-to-seed noise is of the size of the effects — they mostly "
+            "reflect where the sampler happened to look. Read it, if at all, for studies above that size.", ""]
 
 
 def failures(ctx: Ctx) -> list[str]:
@@ -340,7 +237,7 @@ def failures(ctx: Ctx) -> list[str]:
                      "seed": r["seed"] if pd.notna(r["seed"]) else DASH, "epochs logged": r["epochs_logged"],
                      "last test −ELBO": f"{r['test_loss']:.2f}" if pd.notna(r.get("test_loss")) else DASH,
                      "reason (bench.failure)": esc(r["failure"]) if pd.notna(r["failure"]) else DASH})
-    return lines + ["Listed apart and left out of every average above.", "", table(rows), ""]
+    return lines + ["Listed apart and left out of every average above.", "", ctx.table("unfinished_runs", rows), ""]
 
 
 def missing(ctx: Ctx) -> list[str]:
@@ -358,7 +255,7 @@ def missing(ctx: Ctx) -> list[str]:
         return []
     return ["## Finished runs with missing metrics", "",
             "These runs are FINISHED but lack some per-epoch metrics or epochs; they stay in the averages for the "
-            "metrics they have (cells then say *k of n runs*).", "", table(rows), ""]
+            "metrics they have (cells then say *k of n runs*).", "", ctx.table("missing_metrics", rows), ""]
 
 
 def configuration(ctx: Ctx) -> list[str]:
@@ -381,4 +278,8 @@ def all_runs(ctx: Ctx) -> list[str]:
                      "variant": esc(r["label"]), "z": r["latent"] if pd.notna(r["latent"]) else DASH,
                      "seed": r["seed"] if pd.notna(r["seed"]) else DASH, "epochs": r["epochs_logged"],
                      "test −ELBO": f"{r['test_loss']:.2f}" if pd.notna(r.get("test_loss")) else DASH})
-    return ["<details><summary>Every run in this report</summary>", "", table(rows), "", "</details>", ""]
+    csv = ctx.data.main[["run_id", "run_name", "status", "label", "latent", "seed", "epochs_logged"]].rename(
+        columns={"label": "variant", "epochs_logged": "epochs"}).assign(
+        test_loss=ctx.data.main.get("test_loss"), git_commit=ctx.data.main.get("git_commit"))
+    return ["<details><summary>Every run in this report</summary>", "",
+            ctx.table("runs", rows, csv), "", "</details>", ""]
