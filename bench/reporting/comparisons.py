@@ -51,8 +51,13 @@ def _section(ctx: Ctx, title: str, intro: str, df: pd.DataFrame, key: str, figur
     if df.empty:
         return lines + ["Not measured: no two finished runs here differ only along this axis.", ""]
     lines += [table(display(df, "z" if key != "latent" else "z (A→B)")), ""]
-    shown = df[df["n"] >= 2]
+    shown = df[df["n"] >= 2].copy()
     if figures and not shown.empty:
+        # A Gaussian decoder's -ELBO is on another scale: its own panel, so the Bernoulli differences stay visible.
+        fam = dict(zip(ctx.fin["label"], ctx.fin["decoder"].map(family), strict=False))
+        gauss = shown["variant_a"].map(fam).eq("gaussian") | shown["variant_b"].map(fam).eq("gaussian")
+        shown["panel"] = shown["metric"] + gauss.map({True: " (Gaussian decoder)", False: ""}).where(
+            shown["metric"].isin(["test_loss", "test_nll"]), "")
         name = f"paired_{key}.png"
         rf.forest(shown, f"{title}: paired differences B − A, {LEVEL:.0%} intervals", ctx.figure(name))
         lines += [f"![{title}: paired differences]({FIGURES}/{name})", ""]

@@ -144,18 +144,26 @@ def anchor_curve(long: pd.DataFrame, rows: list[tuple[str, str, dict[int, float]
     _save(fig, path)
 
 
-def _interval_axes(n: int, width: float = 5.2, height: float = 0.32) -> tuple[plt.Figure, list[plt.Axes]]:
-    fig, axes = plt.subplots(1, n, figsize=(width * n, max(2.0, height)), squeeze=False)
-    return fig, list(axes[0])
+def _interval_axes(n: int, width: float, height: float, ncols: int = 2) -> tuple[plt.Figure, list[plt.Axes]]:
+    """n panels, at most ncols a row (a row of four is too wide to read); spare panels hidden."""
+    cols = min(n, ncols)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, max(2.0, height) * rows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
 
 
 def forest(df: pd.DataFrame, title: str, path: Path) -> None:
-    """Paired differences b - a with their intervals, one panel per metric (own scale), a line at 0."""
-    metrics = list(dict.fromkeys(df["metric"]))
-    tallest = max(int((df["metric"] == m).sum()) for m in metrics)
+    """Paired differences b - a with their intervals, one panel per value of ``panel`` (each on its own scale; default
+    the metric), a line at 0."""
+    key = "panel" if "panel" in df else "metric"
+    metrics = list(dict.fromkeys(df[key]))
+    tallest = max(int((df[key] == m).sum()) for m in metrics)
     fig, axes = _interval_axes(len(metrics), 5.2, 0.9 + 0.38 * tallest)
     for ax, m in zip(axes, metrics, strict=True):
-        sub = df[df["metric"] == m].iloc[::-1]
+        sub = df[df[key] == m].iloc[::-1]
         y = range(len(sub))
         labels = [legend_text(f"{r.variant_b} − {r.variant_a}, z={r.latent}") for r in sub.itertuples()]
         err = [sub["mean_diff"] - sub["ci_low"], sub["ci_high"] - sub["mean_diff"]]

@@ -1,6 +1,7 @@
-"""The report's sections, each a function (ctx) -> Markdown lines: header, summary, trends, pictures, tuning
-studies, failed runs, missing metrics, configuration and the run list. Comparisons and gradient variance are in
-report_comparisons, the seed's and the papers' numbers in report_anchors."""
+"""The report's context (Ctx) and its plainer sections, each a function (ctx) -> Markdown lines: trends, pictures,
+tuning studies, failed runs, missing metrics, configuration and the run list. The header and summary are in
+header.py, comparisons in comparisons.py, per-epoch differences and compute in compute.py, gradient variance in
+gradvar.py, the seed's and the papers' numbers in anchors.py."""
 
 from __future__ import annotations
 
