@@ -35,7 +35,8 @@ HISTORY_METRICS = ("train_loss", "train_recon", "train_kld", "test_loss", "test_
                    "test_mse", "epoch_seconds")
 CORE_METRICS = HISTORY_METRICS  # a finished run of bench.run has all of these; a run without one is flagged
 # Params that do not define a configuration: runs differing only in these are repeats of one another.
-NON_CONFIG_PARAMS = {"seed", "device", "data", "data_digest", "nll_samples"}
+NON_CONFIG_PARAMS = {"seed", "device", "data", "data_digest", "nll_samples",  # evaluation settings, not axes
+                     "gradvar_repeats", "gradvar_batches", "gradvar_batch_size"}
 CHUNK = 500  # run ids per bulk query
 
 
