@@ -55,7 +55,7 @@ def writable(folder: Path) -> None:
 
 def sound(db: Path) -> None:
     """A damaged database (truncated, overwritten header or pages) is refused before MLflow meets it mid-run.
-    PRAGMA quick_check reads every page once: about 0.1 s for a 10 MB store."""
+    PRAGMA quick_check reads every page once: 0.29 s for a 15 MB database here (a loaded 2-core machine)."""
     try:
         con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=30)
         try:

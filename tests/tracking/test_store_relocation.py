@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,33 @@ def test_an_old_store_in_place_still_opens(tmp_path: Path, where: str) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client.create_experiment("vae-bench", artifact_location=(tmp_path / "mlruns" / "vae-bench").as_uri())
     assert open_store(f"sqlite:///{tmp_path / 'mlflow.db'}", existing=True).get_experiment_by_name("vae-bench")
+
+
+def test_plain_mlflow_reads_a_store_through_the_entry_point(tmp_path: Path, migrated_store: Path) -> None:
+    """pyproject.toml declares the resolver as an MLflow plugin (entry point mlflow.artifact_repository): a script
+    that never imports bench reads a store's artifacts. The entry point is installed here as pip would write it."""
+    import tomllib
+
+    from tests.conftest import copy_store
+
+    uri = copy_store(migrated_store, tmp_path / "store")
+    from bench.tracking.store import open_store
+
+    tracker = __import__("bench.tracking.mlflow_tracker", fromlist=["MlflowTracker"]).MlflowTracker.start(
+        open_store(uri), "vae-bench", "r", {})
+    tracker.log_artifact(Path(__file__), "code")
+    points = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]
+    dist = tmp_path / "site" / "vae_bench_plugin-0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vae-bench-plugin\nVersion: 0\n")
+    (dist / "entry_points.txt").write_text("[mlflow.artifact_repository]\n" + "".join(
+        f"{k} = {v}\n" for k, v in points["mlflow.artifact_repository"].items()))
+    script = ("import sys, mlflow.artifacts\n"
+              f"p = mlflow.artifacts.download_artifacts(run_id={tracker.run_id!r}, artifact_path='code', "
+              f"tracking_uri={uri!r}, dst_path={str(tmp_path / 'out')!r})\n"
+              "print(sorted(__import__('os').listdir(p)))\n")
+    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path / 'site'}:{REPO}"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert Path(__file__).name in done.stdout

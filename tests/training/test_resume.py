@@ -21,6 +21,7 @@ from bench.core.data import load_mnist
 from bench.errors import UserError
 from bench.run import PROG
 from bench.run import main as run_main
+from bench.tracking.artifacts import local_artifacts
 from bench.tracking.mlflow_tracker import MlflowTracker
 from bench.tracking.names import CHECKPOINT, EPOCHS_TAG, FAILURE_TAG, MODEL_EPOCH_TAG
 from bench.training.lifecycle import execute
@@ -50,7 +51,8 @@ def killed_run(tracking_uri: str, capsys: pytest.CaptureFixture[str]) -> str:
 
 def checkpoint_file(client: MlflowClient, run_id: str) -> Path:
     root = client.get_run(run_id).info.artifact_uri
-    return Path(unquote(urlparse(root).path) if root.startswith("file:") else root) / CHECKPOINT
+    local = local_artifacts(root, client.tracking_uri)  # a store-relative mlflow-artifacts:/ URI
+    return (local or Path(unquote(urlparse(root).path))) / CHECKPOINT
 
 
 def test_a_target_below_the_trained_epochs_is_refused(tracking_uri: str, killed_run: str,
