@@ -162,7 +162,7 @@ def _wait_for_running_run(study_name: str, storage: object, proc: subprocess.Pop
 def test_worker_killed_mid_trial_is_marked_and_its_trial_queued_again(tmp_path: Path, tracking_uri: str,
                                                                    kind: str) -> None:
     """journal: the next worker on this machine sees the dead pid; sqlite: as if the worker ran on another
-    machine, only Optuna's heartbeat tells."""
+    machine, only the worker's silence (its lease's beats) tells."""
     storage_arg = str(tmp_path / "s.journal") if kind == "journal" else f"sqlite:///{tmp_path / 'optuna.db'}"
     args = ["--variant", "sgvb_b", "--latent", "5", "--epochs", "2", "--limit-train", "5000", "--validation", "500",
             "--study-name", "k", "--storage", storage_arg, "--heartbeat", "1", "--tracking-uri", tracking_uri]
@@ -179,7 +179,7 @@ def test_worker_killed_mid_trial_is_marked_and_its_trial_queued_again(tmp_path: 
         proc.wait()
     lost = study.get_trials()[0]
     assert lost.state == TrialState.RUNNING
-    if kind == "sqlite":  # hide the dead pid from the next worker: only the heartbeat can tell now
+    if kind == "sqlite":  # hide the dead pid from the next worker: only its silence can tell now
         storage.set_trial_user_attr(lost._trial_id, WORKER_ATTR, "another-machine:1")
         time.sleep(3.5)  # the grace period: 2 x --heartbeat + 1 s
     assert tune.main([*args, "--trials", "0"]) == 0  # a worker joining the study cleans up on arrival
