@@ -103,6 +103,7 @@ def double_ctrl_c_then_two_resumes(root: Path, res: Results) -> None:
     res.procs["double"] = signal_on(proc, "====> Epoch: 1 ", [signal.SIGINT, signal.SIGINT, signal.SIGINT],
                                     gap=0.02)
     run_id = only_run(uri).info.run_id
+    res.procs["double_status"] = Proc(0, only_run(uri).info.status, "")
     racers = [popen("bench.run", ["--resume", run_id, "--epochs", "3", "--tracking-uri", uri, "--no-progress"],
                     folder) for _ in range(2)]
     res.procs["race_a"], res.procs["race_b"] = (finished(p) for p in racers)
@@ -189,6 +190,7 @@ def test_a_double_ctrl_c_kills_the_run_quietly(res: Results) -> None:
     assert p.returncode == 130 and p.seconds < time_limit(10)
     assert_clean(p)
     assert "killed; resume it with --resume" in p.stderr
+    assert res.procs["double_status"].stdout == "KILLED"
 
 
 def test_two_resumes_at_once_one_trains_the_other_is_refused(res: Results) -> None:
