@@ -91,7 +91,11 @@ def test_cli_logs_into_the_run_and_leaves_its_status(trained: tuple[str, str], s
             assert m[f"gradvar_encoder_{est}"] > 0 and m[f"gradvar_decoder_{est}"] > 0
             assert f"gradsnr_encoder_{est}" in m
         assert m["gradvar_encoder_score_function"] > m["gradvar_encoder_sgvb_b"]
-        assert "score_function" in capsys.readouterr().out  # the printed table
+        out = capsys.readouterr().out
+        assert "score_function" in out  # the printed table
+        # Every long step says so when it starts and when it ends (issue 10); the model's epoch is named.
+        assert "gradient variance of every estimator, 5 noise draws each: done in" in out
+        assert "its model of epoch 1" in out and "results at step 1" in out
 
 
 def _one_line_error(err: str) -> str:
