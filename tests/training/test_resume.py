@@ -225,3 +225,14 @@ def test_out_of_memory_is_one_line_and_ends_the_run_failed(tracking_uri: str) ->
     assert "\n" not in str(caught.value)
     run = client.get_run(tracker.run_id)
     assert run.info.status == "FAILED" and run.data.tags[FAILURE_TAG].startswith("out of memory")
+
+
+def test_a_resume_does_the_final_evaluation_the_run_was_started_with(tracking_uri: str,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by scripts/fault_injection.py: a resume without --nll-samples ended the run without its test NLL."""
+    assert bench_run([*SMALL, "--epochs", "1", "--nll-samples", "5", "--tracking-uri", tracking_uri], capsys)[0] == 0
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("vae-bench").experiment_id])
+    client.set_terminated(run.info.run_id, "KILLED")
+    assert bench_run(["--resume", run.info.run_id, "--epochs", "2", "--tracking-uri", tracking_uri], capsys)[0] == 0
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test_nll")] == [1, 2]
