@@ -106,7 +106,8 @@ def graceful_interrupts() -> Iterator[None]:
     try:
         yield
     finally:
-        _state["phase"] = before
+        if _state["phase"] != ENDING:  # once a signal has stopped the block, the command is ending
+            _state["phase"] = before
         for s, h in old.items():
             signal.signal(s, h)
 
