@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from bench.cli import (
+    ArgumentParser,
     listof,
     main_guard,
     name_arg,
@@ -31,7 +32,7 @@ from variants.registry import REGISTRY
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Run the cartesian product of the given lists as tracked "
+    p = ArgumentParser(prog=PROG, description="Run the cartesian product of the given lists as tracked "
                                 "runs (one per combination), skipping combinations already FINISHED.")
     p.add_argument("--variants", type=listof(variant_name, "variant names"), required=True, metavar="LIST",
                    help=f"registered variants: {', '.join(REGISTRY)}")

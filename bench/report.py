@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench.cli import main_guard
+from bench.cli import ArgumentParser, main_guard
 from bench.reporting.build import PROG, write_report
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Write a Markdown report of tracked vae-bench runs.")
+    p = ArgumentParser(prog=PROG, description="Write a Markdown report of tracked vae-bench runs.")
     p.add_argument("--experiment", metavar="NAME",
                    help="MLflow experiment (default vae-bench; with --sweep alone, every experiment)")
     p.add_argument("--sweep", metavar="ID", help="only the runs tagged bench.sweep=ID")

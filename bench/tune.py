@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.cli import main_guard, name_arg, nonneg_int, positive_float, positive_int, seed_int
+from bench.cli import ArgumentParser, main_guard, name_arg, nonneg_int, positive_float, positive_int, seed_int
 from bench.core.config import BINARIZE, PRECISIONS
 from bench.sweeps.process import exit_now
 from bench.sweeps.tuning import PROG, tune
@@ -25,7 +25,7 @@ from variants.registry import REGISTRY
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Tune a VAE variant with Optuna (TPE, median pruning on the validation loss); every trial is "
                     "an MLflow run nested under one parent run per study.",

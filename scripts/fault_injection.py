@@ -36,7 +36,7 @@ from mlflow import MlflowClient
 
 REPO = Path(__file__).resolve().parent.parent
 EPOCHS = 2
-TRAIN = ["--limit-train", "1500", "--latent", "2", "--device", "cpu", "--no-progress", "--nll-samples", "200",
+TRAIN = ["--limit-train", "1500", "--latent", "2", "--device", "cpu", "--no-progress", "--nll-samples", "20",
          "--seed", "7"]
 PER_EPOCH = ("train_loss", "train_recon", "train_kld", "test_loss", "test_recon", "test_kld", "test_mse",
              "epoch_seconds", "train_samples_per_second")
@@ -141,7 +141,9 @@ def race_trial(store: Store, rng: random.Random, span: float, reference: dict[st
                                   "--no-progress"], store.folder) for _ in range(2)]
     results = [finish(p) for p in racers]
     codes = sorted(r[0] for r in results)
-    if codes != [0, 2]:
+    # One trains, the other is refused; or, when one started only after the other had finished, it has nothing
+    # left to do.
+    if codes != [0, 2] and not (codes == [0, 0] and any("nothing to do" in o for _, o in results)):
         found["other"] += 1
     found["traceback"] += sum("Traceback" in o for _, o in results)
     found += damage(store, run_id, reference)

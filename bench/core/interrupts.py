@@ -9,7 +9,8 @@
   never written without its epoch's metrics.
 - ``ENDING`` (a first signal is being handled, or the command has returned and the interpreter is exiting):
   further signals are held and dropped, so the run's end is recorded and atexit callbacks run undisturbed
-  (no "Exception ignored in atexit callback"); a third signal exits at once.
+  (no "Exception ignored in atexit callback"). Only when the ending takes longer than PATIENCE seconds (a store
+  that hangs) does a further signal exit at once.
 
 This module imports nothing heavy: commands install it before importing torch.
 """
@@ -21,13 +22,15 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 STARTING, OWNING, ENDING = "starting", "owning", "ending"
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-_state: dict = {"depth": 0, "pending": None, "phase": OWNING, "message": "interrupted", "extra": 0}
+PATIENCE = 5.0  # seconds of ending after which a repeated signal exits at once
+_state: dict = {"depth": 0, "pending": None, "phase": OWNING, "message": "interrupted", "since": 0.0}
 
 
 def _exit_now(signum: int, line: str) -> None:
@@ -43,11 +46,10 @@ def _act(signum: int) -> None:
     if phase == STARTING:
         _exit_now(signum, _state["message"])
     if phase == ENDING:
-        _state["extra"] += 1
-        if _state["extra"] >= 2:
-            _exit_now(signum, "interrupted again: exiting at once")
+        if time.monotonic() - _state["since"] > PATIENCE:
+            _exit_now(signum, "interrupted again while stopping: exiting at once")
         return
-    _state["phase"] = ENDING  # the command is now recording the run's end: a second Ctrl-C must not cut it short
+    set_phase(ENDING)  # the command is now recording the run's end: more Ctrl-C must not cut it short
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
@@ -66,16 +68,16 @@ def install(message: str) -> None:
     """Handle SIGINT and SIGTERM from now on, in the STARTING phase: a signal prints ``message`` and exits."""
     if not _main_thread():
         return
-    _state.update(phase=STARTING, message=message, pending=None, extra=0)
+    _state.update(phase=STARTING, message=message, pending=None)
     for s in SIGNALS:
         signal.signal(s, _handler)
 
 
 def set_phase(phase: str) -> None:
     """Move to ``phase`` (OWNING once a run exists or is held; ENDING once the command is done)."""
+    if phase == ENDING and _state["phase"] != ENDING:
+        _state["since"] = time.monotonic()
     _state["phase"] = phase
-    if phase == ENDING:
-        _state["extra"] = 0
 
 
 def phase() -> str:
@@ -104,7 +106,8 @@ def graceful_interrupts() -> Iterator[None]:
     try:
         yield
     finally:
-        _state["phase"] = before
+        if _state["phase"] != ENDING:  # once a signal has stopped the block, the command is ending
+            _state["phase"] = before
         for s, h in old.items():
             signal.signal(s, h)
 

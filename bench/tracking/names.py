@@ -39,6 +39,7 @@ GIT_COMMIT_TAG = "mlflow.source.git.commit"
 USER_TAG = "mlflow.user"
 GIT_DIRTY_TAG = "bench.git_dirty"  # "true" when the working tree differed from GIT_COMMIT_TAG's commit
 OWNER_TAG = "bench.owner.{}"  # one per process that holds (or is claiming) the run: bench.tracking.ownership
+NLL_TAG = "bench.nll_samples"  # bench.run's --nll-samples: the final evaluation a resume does again
 MODEL_EPOCH_TAG = "bench.epoch"  # on a logged model: the epoch whose parameters it holds
 
 # Artifacts

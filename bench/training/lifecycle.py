@@ -27,7 +27,7 @@ from bench.core.progress import note
 from bench.core.splits import split_validation
 from bench.errors import NonFiniteLoss, UserError, first_line, out_of_memory
 from bench.tracking.mlflow_tracker import MlflowTracker
-from bench.tracking.names import FAILURE_TAG
+from bench.tracking.names import FAILURE_TAG, NLL_TAG
 from bench.tracking.ownership import Lease
 from bench.tracking.store import browse_hint, open_store, resolve_tracking_uri, ui_address
 from bench.training.identity import run_name, run_params, run_tags
@@ -91,7 +91,8 @@ def new_run(client: MlflowClient, args: argparse.Namespace, data: Callable[[], M
     with interrupts.critical():  # a signal meanwhile is held, then ends the run KILLED (run_command)
         tracker = MlflowTracker.start(client, args.experiment, run_name(variant, cfg),
                                       run_params(variant, cfg, mnist.digest),
-                                      tags={**run_tags(variant, args.sweep), **lease.claim_tag(held=True)})
+                                      tags={**run_tags(variant, args.sweep), **lease.claim_tag(held=True),
+                                            **({NLL_TAG: str(args.nll_samples)} if args.nll_samples else {})})
         life.tracker, life.lease = tracker, lease.born(tracker.run_id)
         interrupts.set_phase(interrupts.OWNING)
     return Job(tracker, variant, cfg, mnist, None, lease)

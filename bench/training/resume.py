@@ -16,7 +16,7 @@ from bench.core.splits import split_validation
 from bench.errors import UserError
 from bench.tracking.lookup import get_run
 from bench.tracking.mlflow_tracker import MlflowTracker, param_value
-from bench.tracking.names import EPOCHS_TAG, SWEEP_TAG
+from bench.tracking.names import EPOCHS_TAG, NLL_TAG, SWEEP_TAG
 from bench.tracking.ownership import Lease
 from bench.training.identity import restore
 from bench.training.lifecycle import Job, Life, say_where
@@ -71,6 +71,8 @@ def resumed_run(client: MlflowClient, parser: argparse.ArgumentParser, args: arg
                         f"{'it' if len(wrong) == 1 else 'them'} (a resume may change --epochs, --device, "
                         "--data-dir, --nll-samples)")
     variant, cfg = restore(run, args.epochs, resolve_device(args.device))
+    if not given(parser, argv, ["nll_samples"]):  # the final evaluation the run was started with
+        args.nll_samples = int(run.data.tags.get(NLL_TAG, 0))
     tracker = MlflowTracker(client, run_id)
     lease = life.lease = Lease(client, run_id, "training")
     interrupts.set_phase(interrupts.OWNING)  # from here a signal releases the claim (and, once touched, kills)

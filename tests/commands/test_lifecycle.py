@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from bench.tracking.mlflow_tracker import MlflowTracker
 from bench.tracking.names import FAILURE_TAG, OWNER_TAG
 from tests.commands.test_cli import ONE_THREAD, LineReader, only_run, time_limit
-from tests.conftest import CODE, copy_store, run_cli
+from tests.conftest import CODE, copy_store
 
 TINY = ["--limit-train", "1000", "--latent", "2", "--device", "cpu", "--no-progress"]
 ENV = {**ONE_THREAD, **CODE, "PYTHONUNBUFFERED": "1"}
@@ -103,23 +103,25 @@ def double_ctrl_c_then_two_resumes(root: Path, res: Results) -> None:
     res.procs["double"] = signal_on(proc, "====> Epoch: 1 ", [signal.SIGINT, signal.SIGINT, signal.SIGINT],
                                     gap=0.02)
     run_id = only_run(uri).info.run_id
+    res.procs["double_status"] = Proc(0, only_run(uri).info.status, "")
     racers = [popen("bench.run", ["--resume", run_id, "--epochs", "3", "--tracking-uri", uri, "--no-progress"],
                     folder) for _ in range(2)]
     res.procs["race_a"], res.procs["race_b"] = (finished(p) for p in racers)
 
 
 def evaluate_while_training(root: Path, res: Results) -> None:
+    """Two bench.evaluate as soon as epoch 1 of 12 is done: one refused, one (--wait) waiting for the end."""
     folder = root / "evaluate"
     res.uris["evaluate"] = uri = copy_store(res.migrated, folder)
-    trainer = popen("bench.run", ["--epochs", "4", "--limit-train", "5000", "--latent", "2", "--device", "cpu",
+    trainer = popen("bench.run", ["--epochs", "12", "--limit-train", "5000", "--latent", "2", "--device", "cpu",
                                   "--no-progress", "--tracking-uri", uri], folder)
     reader = LineReader(trainer)
     try:
         reader.wait_for("====> Epoch: 1 ", timeout=240)
         run_id = only_run(uri).info.run_id
         args = ["--run-id", run_id, "--tracking-uri", uri, "--nll-samples", "10", "--device", "cpu", "--no-progress"]
-        res.procs["refused"] = Proc(*_completed(run_cli("bench.evaluate", *args, cwd=folder, env=ONE_THREAD)))
-        res.procs["waited"] = Proc(*_completed(run_cli("bench.evaluate", *args, "--wait", cwd=folder, env=ONE_THREAD)))
+        refused, waiting = popen("bench.evaluate", args, folder), popen("bench.evaluate", [*args, "--wait"], folder)
+        res.procs["refused"], res.procs["waited"] = finished(refused), finished(waiting)
         res.procs["trainer"] = Proc(trainer.wait(timeout=300), "", "")
     finally:
         if trainer.poll() is None:
@@ -128,10 +130,6 @@ def evaluate_while_training(root: Path, res: Results) -> None:
     proc = popen("bench.evaluate", ["--run-id", run_id, "--tracking-uri", uri, "--nll-samples", "100000000",
                                     "--device", "cpu", "--no-progress"], folder)
     res.procs["nll"] = signal_on(proc, "evaluating run ", [signal.SIGINT], delay=4.0)
-
-
-def _completed(p: subprocess.CompletedProcess[str]) -> tuple[int, str, str]:
-    return p.returncode, p.stdout, p.stderr
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +187,7 @@ def test_a_double_ctrl_c_kills_the_run_quietly(res: Results) -> None:
     assert p.returncode == 130 and p.seconds < time_limit(10)
     assert_clean(p)
     assert "killed; resume it with --resume" in p.stderr
+    assert res.procs["double_status"].stdout == "KILLED"
 
 
 def test_two_resumes_at_once_one_trains_the_other_is_refused(res: Results) -> None:
@@ -213,13 +212,13 @@ def test_evaluate_is_refused_while_the_run_trains_and_waits_when_asked(res: Resu
     (line,) = refused.stderr.strip().splitlines()
     assert "is being trained by process" in line and "since" in line and "--wait" in line
     assert waited.returncode == 0, waited.stderr
-    assert "waiting for run" in waited.stdout and "its model of epoch 4" in waited.stdout
+    assert "waiting for run" in waited.stdout and "its model of epoch 12" in waited.stdout
     assert res.procs["trainer"].returncode == 0
     uri = res.uris["evaluate"]
     run = only_run(uri)
     assert run.info.status == "FINISHED"  # no stale status written back
     nll = MlflowClient(uri).get_metric_history(run.info.run_id, "test_nll")
-    assert [m.step for m in nll] == [4]  # at the epoch of the model it evaluated
+    assert [m.step for m in nll] == [12]  # at the epoch of the model it evaluated
 
 
 def test_ctrl_c_stops_a_huge_nll_estimate_within_seconds(res: Results) -> None:
@@ -228,3 +227,10 @@ def test_ctrl_c_stops_a_huge_nll_estimate_within_seconds(res: Results) -> None:
     assert_clean(p)
     run = only_run(res.uris["evaluate"])
     assert not [k for k in run.data.tags if k.startswith(OWNER_TAG.format(""))]
+
+
+def test_the_run_id_and_its_link_are_printed_as_soon_as_the_run_exists(res: Results) -> None:
+    lines = res.procs["double"].stdout.splitlines()
+    run_id = only_run(res.uris["double"]).info.run_id
+    assert lines[0].startswith(f"started run {run_id} (sgvb_b-z2-L1-s1); follow it at http")
+    assert lines[1].startswith("====> Epoch: 1 ")

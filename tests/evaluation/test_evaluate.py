@@ -101,7 +101,11 @@ def test_cli_logs_into_the_run_and_leaves_its_status(trained: tuple[str, str], s
         assert (params["gradvar_repeats"], params["gradvar_batch_size"]) == ("5", "128")
         assert run.data.tags["bench.gradvar_repeats.step1"] == "5"  # which R each step used
         assert not any(k.startswith("gradvar_repeats") for k in m)
-        assert "score_function" in capsys.readouterr().out  # the printed table
+        out = capsys.readouterr().out
+        assert "score_function" in out  # the printed table
+        # Every long step says so when it starts and when it ends (issue 10); the model's epoch is named.
+        assert "gradient variance of every estimator, 5 noise draws each: done in" in out
+        assert "its model of epoch 1" in out and "results at step 1" in out
 
 
 def _one_line_error(err: str) -> str:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -27,6 +28,7 @@ from bench.tracking.names import CHECKPOINT, EPOCHS_TAG, FAILURE_TAG, MODEL_EPOC
 from bench.training.lifecycle import execute
 from tests.conftest import CODE
 from variants import get_variant
+from variants.registry import Variant
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = ["--variant", "sgvb_b", "--latent", "2", "--limit-train", "300", "--device", "cpu", "--no-progress"]
@@ -223,3 +225,34 @@ def test_a_run_holds_one_model_after_any_number_of_resumes(tracking_uri: str, ki
     models = MlflowTracker(client, killed_run).logged_models()
     assert len(models) == 1 and models[0].tags[MODEL_EPOCH_TAG] == "4"
     assert [m.step for m in client.get_metric_history(killed_run, "active_units")] == [2, 3, 4]  # none twice
+
+
+@dataclass(frozen=True)
+class Huge(Variant):
+    """sgvb_b whose training asks torch's CPU allocator for a petabyte: a real allocation failure."""
+
+    def estimate(self, model, x, gen=None):  # noqa: ANN001, ANN201 - Variant's signature
+        torch.empty(2**50, dtype=torch.uint8)
+        return super().estimate(model, x, gen)
+
+
+def test_out_of_memory_is_one_line_and_ends_the_run_failed(tracking_uri: str) -> None:
+    client = MlflowClient(tracking_uri)
+    tracker = MlflowTracker.start(client, "vae-bench", "huge", {})
+    with pytest.raises(UserError, match=f"ran out of memory .*resume it with --resume {tracker.run_id}") as caught:
+        execute(tracker, Huge("huge", "", hidden=16), TrainConfig(latent=2, epochs=1, limit_train=300), load_mnist(),
+                None, progress=False)
+    assert "\n" not in str(caught.value)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FAILED" and run.data.tags[FAILURE_TAG].startswith("out of memory")
+
+
+def test_a_resume_does_the_final_evaluation_the_run_was_started_with(tracking_uri: str,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by scripts/fault_injection.py: a resume without --nll-samples ended the run without its test NLL."""
+    assert bench_run([*SMALL, "--epochs", "1", "--nll-samples", "5", "--tracking-uri", tracking_uri], capsys)[0] == 0
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("vae-bench").experiment_id])
+    client.set_terminated(run.info.run_id, "KILLED")
+    assert bench_run(["--resume", run.info.run_id, "--epochs", "2", "--tracking-uri", tracking_uri], capsys)[0] == 0
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test_nll")] == [1, 2]
