@@ -100,12 +100,36 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*dataset source can be interpreted.*")
 
 
+def load_plugin_flags(argv: list[str]) -> list[str]:
+    """Load the modules of every ``--plugin MODULE`` (variants.plugins) and return the arguments without them."""
+    from variants import plugins
+
+    rest, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--plugin" or arg.startswith("--plugin="):
+            path = arg.partition("=")[2] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
+            if not path:
+                raise UserError("--plugin needs a module path, e.g. --plugin my_package.variants")
+            plugins.load_module(path)
+            i += 1 if "=" in arg else 2
+        else:
+            rest.append(arg)
+            i += 1
+    return rest
+
+
 def main_guard(main: Callable[[list[str] | None], int], prog: str) -> Callable[[list[str] | None], int]:
-    """Run ``main``; a UserError becomes one line on stderr and exit status 2."""
+    """Run ``main``; a UserError, or a plugin that could not be loaded, becomes one line on stderr and exit 2."""
 
     def wrapped(argv: list[str] | None = None) -> int:
+        from variants.plugins import FAILURES
+
         quiet_libraries()
         try:
+            argv = load_plugin_flags(list(sys.argv[1:] if argv is None else argv))
+            if FAILURES:
+                raise UserError(f"{FAILURES[0]}; fix or uninstall it (see docs/plugins.md)")
             return main(argv)
         except UserError as e:
             print(f"{prog}: error: {e}", file=sys.stderr)
