@@ -69,6 +69,10 @@ def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"{target}:{REPO}"
 
 
+def _run(module: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return run_cli(module, *args, env=env, timeout=1200)  # a loaded shared machine: minutes per command
+
+
 def _ok(proc: subprocess.CompletedProcess[str]) -> str:
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
@@ -77,28 +81,28 @@ def _ok(proc: subprocess.CompletedProcess[str]) -> str:
 def test_a_plugin_variant_runs_through_every_command(plugin_path: str, tmp_path: Path, migrated_store: Path) -> None:
     env = {"PYTHONPATH": plugin_path}
     uri = copy_store(migrated_store, tmp_path / "store")
-    assert "renyi_a05_k5" in _ok(run_cli("bench.run", "--list", env=env))
+    assert "renyi_a05_k5" in _ok(_run("bench.run", "--list", env=env))
     small = ["--latent", "2", "--limit-train", "200", "--device", "cpu", "--tracking-uri", uri, "--no-progress"]
-    _ok(run_cli("bench.run", "--variant", "renyi_a05_k5", "--epochs", "1", "--binarize", "dynamic", *small, env=env))
-    _ok(run_cli("bench.run", "--variant", "renyi_laplace", "--epochs", "1", *small, env=env))
+    _ok(_run("bench.run", "--variant", "renyi_a05_k5", "--epochs", "1", "--binarize", "dynamic", *small, env=env))
+    _ok(_run("bench.run", "--variant", "renyi_laplace", "--epochs", "1", *small, env=env))
     client = MlflowClient(uri)
     runs = {r.data.params["variant"]: r for r in client.search_runs(client.search_experiments()[0].experiment_id)}
     renyi = runs["renyi_a05_k5"]
     assert (renyi.info.status, renyi.data.params["estimator"], renyi.data.params["beta"]) == ("FINISHED", "renyi",
                                                                                             "0.5")
     assert runs["renyi_laplace"].data.params["decoder"] == "laplace"
-    _ok(run_cli("bench.evaluate", "--run-id", renyi.info.run_id, "--tracking-uri", uri, "--nll-samples", "5",
+    _ok(_run("bench.evaluate", "--run-id", renyi.info.run_id, "--tracking-uri", uri, "--nll-samples", "5",
                 "--device", "cpu", "--no-progress", env=env))
-    _ok(run_cli("bench.snr", "--run-id", runs["renyi_laplace"].info.run_id, "--tracking-uri", uri, "--images", "2",
+    _ok(_run("bench.snr", "--run-id", runs["renyi_laplace"].info.run_id, "--tracking-uri", uri, "--images", "2",
                 "--repeats", "10", "--k-grid", "1,3", "--device", "cpu", env=env))
     assert "snr/slope/encoder/iwae" in client.get_run(runs["renyi_laplace"].info.run_id).data.metrics
-    _ok(run_cli("bench.grid", "--variants", "renyi_a05_k5", "--latents", "2", "--epochs", "1", "--limit-train", "200",
+    _ok(_run("bench.grid", "--variants", "renyi_a05_k5", "--latents", "2", "--epochs", "1", "--limit-train", "200",
                 "--seeds", "1,2", "--device", "cpu", "--tracking-uri", uri, "--sweep", "plug", "--no-progress",
                 env=env))
-    _ok(run_cli("bench.tune", "--variant", "renyi_a05_k5", "--latent", "2", "--trials", "1", "--epochs", "1",
+    _ok(_run("bench.tune", "--variant", "renyi_a05_k5", "--latent", "2", "--trials", "1", "--epochs", "1",
                 "--limit-train", "300", "--validation", "100", "--device", "cpu", "--tracking-uri", uri, env=env))
     out = tmp_path / "report"
-    _ok(run_cli("bench.report", "--tracking-uri", uri, "--out", str(out), env=env))
+    _ok(_run("bench.report", "--tracking-uri", uri, "--out", str(out), env=env))
     assert "renyi_a05_k5" in (out / "report.md").read_text()
 
 
