@@ -109,14 +109,40 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*dataset source can be interpreted.*")
 
 
+def load_plugin_flags(argv: list[str]) -> list[str]:
+    """Load the modules of every ``--plugin MODULE`` (variants.plugins) and return the arguments without them."""
+    from variants import plugins
+
+    rest, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--plugin" or arg.startswith("--plugin="):
+            path = arg.partition("=")[2] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
+            if not path:
+                raise UserError("--plugin needs a module path, e.g. --plugin my_package.variants")
+            plugins.load_module(path)
+            i += 1 if "=" in arg else 2
+        else:
+            rest.append(arg)
+            i += 1
+    return rest
+
+
 def main_guard(main: Callable[[list[str] | None], int], prog: str) -> Callable[[list[str] | None], int]:
-    """Run ``main``; a UserError becomes one line on stderr and exit status 2, a stray Ctrl-C one line and 130.
-    Called with no argv (the process's own command line), signals are held from its return to the exit."""
+    """Run ``main``; a UserError, or a plugin that could not be loaded, becomes one line on stderr and exit status 2,
+    a stray Ctrl-C one line and 130. Called with no argv (the process's own command line), signals are held from
+    its return to the exit."""
 
     def wrapped(argv: list[str] | None = None) -> int:
+        from variants.plugins import FAILURES
+
+        own = argv is None  # the process's own command line: this call ends the process
         quiet_libraries()
         try:
-            return main(argv)
+            args = load_plugin_flags(list(sys.argv[1:] if own else argv))
+            if FAILURES:
+                raise UserError(f"{FAILURES[0]}; fix or uninstall it (see docs/plugins.md)")
+            return main(args)
         except UserError as e:
             print(f"{prog}: error: {e}", file=sys.stderr)
             return 2
@@ -131,7 +157,7 @@ def main_guard(main: Callable[[list[str] | None], int], prog: str) -> Callable[[
             print(f"{prog}: error: MLflow: {first_line(e, 300)}", file=sys.stderr)
             return 2
         finally:
-            if argv is None:
+            if own:
                 interrupts.ending_for_exit()
 
     return wrapped

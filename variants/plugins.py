@@ -3,8 +3,8 @@
 A plugin is a module found through the entry-point group ``vae_bench.variants`` (in an installed package's
 metadata), or named in ``$VAE_BENCH_PLUGINS`` (comma-separated module paths; the commands' ``--plugin MODULE``
 adds to it, so worker processes inherit it). Loading happens when variants.registry is first imported, so every
-command sees the same registry. A plugin registers at import time, or its entry point names a function that
-registers when called:
+command sees the same registry. A plugin module registers at import time or in its function ``register()``
+(called once loaded); an entry point may also name the function itself:
 
     from variants.plugins import register_estimator, register_variant
     register_estimator("my_bound", my_bound)         # (model, x, samples, gen, **options) -> LossTerms
@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import types
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
@@ -89,6 +90,8 @@ def _load(key: str, what: str, load: Callable[[], Any]) -> None:
     _loaded.add(key)
     try:
         obj = load()
+        if isinstance(obj, types.ModuleType):
+            obj = getattr(obj, "register", None)  # a module registers at import, or in its register()
         if callable(obj):
             obj()
     except PluginError as e:
@@ -105,8 +108,8 @@ def load_module(path: str) -> None:
     _load(f"module:{path}", repr(path), functools.partial(_import, path))
 
 
-def _import(path: str) -> None:
-    importlib.import_module(path)  # a module registers at import; it is not called
+def _import(path: str) -> types.ModuleType:
+    return importlib.import_module(path)
 
 
 def load_all() -> None:

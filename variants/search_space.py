@@ -14,7 +14,10 @@ gaussian_variance   1e-3 .. 1, log scale         variant      Gaussian decoder w
 ==================  ===========================  ===========  =============================================
 
 The latent size, the estimator, L and the seed are what is compared, not tuned: they stay fixed per study.
-The Gaussian variance is not tuned when the variant learns it (its start value hardly matters then).
+The Gaussian variance is not tuned when the variant learns it (its start value hardly matters then). The
+estimators' own axes (MIWAE/PIWAE's groups M, CIWAE's beta, k) are not tuned either: they define the estimator
+compared, as L does; every estimator, the STL, DReG and Rainforth et al. ones included, is tuned over the same
+dimensions above.
 """
 
 from __future__ import annotations

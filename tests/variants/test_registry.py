@@ -144,3 +144,18 @@ def test_option_axes_are_params_only_of_the_estimators_that_take_them() -> None:
         get_variant("miwae_m8_k8").replace(groups=0)
     with pytest.raises(ValueError, match="beta"):
         get_variant("ciwae_k64").replace(beta=1.5)
+
+
+@pytest.mark.parametrize("name", ["iwae_dreg_k5", "piwae_m8_k8", "ciwae_k64", "sgvb_a_stl"])
+def test_new_estimators_are_tuned_over_the_same_dimensions(name: str) -> None:
+    import optuna
+
+    from variants.search_space import dimensions, suggest
+
+    variant = get_variant(name)
+    assert [d.name for d in dimensions(variant)] == ["lr", "batch_size", "hidden"]
+    trial = optuna.create_study().ask()
+    tuned, harness = suggest(trial, variant)
+    assert (tuned.estimator, tuned.samples, tuned.groups, tuned.beta) == (
+        variant.estimator, variant.samples, variant.groups, variant.beta)
+    assert set(harness) == {"lr", "batch_size"}
