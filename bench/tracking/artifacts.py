@@ -17,11 +17,14 @@ installed (so plain ``mlflow.pytorch.load_model("runs:/...")`` on a SQLite store
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from mlflow.store.artifact.artifact_repo import ArtifactRepository
-from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
-from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+if TYPE_CHECKING:
+    from mlflow.store.artifact.artifact_repo import ArtifactRepository
+
+# No MLflow import at module level: importing MLflow's artifact modules loads its entry points, ours among them
+# (pyproject.toml), which must find ``repository`` defined even while this module is still being imported.
 
 ARTIFACTS_DIR = "mlartifacts"  # beside the database: `mlflow ui` started in the store's folder serves it by default
 SCHEME = "mlflow-artifacts"
@@ -47,6 +50,8 @@ def repository(artifact_uri: str, tracking_uri: str | None = None,
                registry_uri: str | None = None) -> ArtifactRepository:
     """MLflow's factory signature for an artifact scheme: a local repository inside the SQLite store's folder,
     else MLflow's proxy-artifact client for a tracking server."""
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+    from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
     from mlflow.tracking._tracking_service.utils import get_tracking_uri
 
     local = local_artifacts(artifact_uri, tracking_uri or get_tracking_uri())
