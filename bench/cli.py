@@ -100,11 +100,31 @@ def one_of(choices: Sequence[str]) -> Callable[[str], str]:
     return parse
 
 
+TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
+
+
+def add_common(p: argparse.ArgumentParser, *, experiment: str | None = None, data: bool = True,
+               device: bool = True, progress: bool = False) -> None:
+    """The flags the commands share, worded once: the data, the device, the experiment, the store, progress bars."""
+    if data:
+        p.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX files (default: bundled)")
+    if device:
+        p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    if experiment is not None:
+        p.add_argument("--experiment", type=name_arg, default=experiment, help=f"MLflow experiment ({experiment})")
+    p.add_argument("--tracking-uri", metavar="URI", help=TRACKING_HELP)
+    if progress:
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def quiet_libraries() -> None:
     """Keep MLflow's and alembic's INFO chatter and download bars off the user's terminal."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # MLflow logs every database error it then raises (with its traceback) at ERROR, e.g. SQLite's "database is
+    # locked" while a lease's heartbeat writes: the exception itself reaches our one-line handlers.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", module=r"mlflow(\..*)?")
     warnings.filterwarnings("ignore", message=r".*dataset source can be interpreted.*")
 

@@ -16,7 +16,7 @@ progress.note("loading torch and MLflow ...")
 
 import argparse  # noqa: E402
 
-from bench.cli import ArgumentParser, exit_process, main_guard, nonneg_int, positive_int  # noqa: E402
+from bench.cli import ArgumentParser, add_common, exit_process, main_guard, nonneg_int, positive_int  # noqa: E402
 from bench.evaluation import gradvar  # noqa: E402
 from bench.evaluation.run_evaluation import DEFAULT_NLL_SAMPLES, PROG, evaluate_run  # noqa: E402
 
@@ -27,8 +27,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog=PROG, description="Evaluate a trained bench.run run and log into it: "
                                 "test NLL, active units, KL per dimension, gradient variance.")
     p.add_argument("--run-id", required=True, metavar="RUN_ID", help="a run made by bench.run, with a model")
-    p.add_argument("--tracking-uri", metavar="URI",
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     p.add_argument("--nll-samples", type=nonneg_int, default=DEFAULT_NLL_SAMPLES, metavar="K",
                    help=f"importance samples per test image for test_nll (default {DEFAULT_NLL_SAMPLES}; 0: skip)")
     p.add_argument("--gradient-variance", action="store_true",
@@ -37,11 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"noise draws per estimator for --gradient-variance (default {gradvar.REPEATS}, at least 2)")
     p.add_argument("--limit-test", type=positive_int, metavar="N",
                    help="a quick check on the first N test images: printed, not logged to the run")
-    p.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX files (default: bundled)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--wait", action="store_true",
                    help="if another process holds the run (training it), wait until it is free (default: refuse)")
+    add_common(p, progress=True)
     return p
 
 

@@ -13,9 +13,9 @@ import argparse
 
 from bench.cli import (
     ArgumentParser,
+    add_common,
     listof,
     main_guard,
-    name_arg,
     nonneg_int,
     one_of,
     positive_float,
@@ -51,7 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", type=listof(one_of(PRECISIONS), "precisions"), default=["fp32"], metavar="LIST")
     p.add_argument("--binarize", type=listof(one_of(BINARIZE), "binarisations"), default=["none"], metavar="LIST")
     p.add_argument("--limit-train", type=listof(positive_int, "positive integers"), default=[None], metavar="LIST")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     p.add_argument("--nll-samples", type=nonneg_int, default=0, metavar="K",
                    help="after training, estimate the test NLL with K importance samples (0: skip)")
     p.add_argument("--sweep", metavar="ID", help="the sweep's tag value (default: grid-<hash of the grid>)")
@@ -65,13 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true",
                    help="run again the combinations that failed twice with a non-finite loss")
     p.add_argument("--dry-run", action="store_true", help="list the combinations and which are done, then exit")
-    p.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX files (default: bundled)")
-    p.add_argument("--experiment", type=name_arg, default=DEFAULT_EXPERIMENT,
-                   help=f"MLflow experiment ({DEFAULT_EXPERIMENT})")
-    p.add_argument("--tracking-uri", metavar="URI",
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="also print the queue's bookkeeping")
+    add_common(p, experiment=DEFAULT_EXPERIMENT, progress=True)
     return p
 
 

@@ -20,9 +20,9 @@ import argparse  # noqa: E402
 
 from bench.cli import (  # noqa: E402
     ArgumentParser,
+    add_common,
     exit_process,
     main_guard,
-    name_arg,
     nonneg_int,
     positive_float,
     positive_int,
@@ -53,17 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--seed", type=seed_int, default=1)
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: autocast matrix products, losses and optimiser state in float32")
     p.add_argument("--binarize", choices=BINARIZE, default="none",
                    help="none: grey levels (the seed); static: one fixed draw; dynamic: a new draw per batch")
     p.add_argument("--limit-train", type=positive_int, metavar="N", help="train on the first N images only")
-    p.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX files (default: bundled)")
-    p.add_argument("--experiment", type=name_arg, default=DEFAULT_EXPERIMENT,
-                   help="MLflow experiment (default vae-bench)")
-    p.add_argument("--tracking-uri", metavar="URI",
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     p.add_argument("--sweep", metavar="ID", help="tag the run as part of sweep ID (bench.sweep), for reports")
     p.add_argument("--nll-samples", type=nonneg_int, default=0, metavar="K",
                    help="after training, estimate the test NLL with K importance samples (0: skip)")
@@ -72,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_ID", help="continue this run from its last completed epoch")
     p.add_argument("--wait", action="store_true",
                    help="with --resume: if another process holds the run, wait until it is free (default: refuse)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_common(p, experiment=DEFAULT_EXPERIMENT, progress=True)
     return p
 
 

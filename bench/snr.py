@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench.cli import listof, main_guard, positive_int, seed_int
+from bench.cli import add_common, listof, main_guard, positive_int, seed_int
 from bench.evaluation import snr
 from bench.evaluation.snr_study import PROG, main_args
 
@@ -28,10 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="LIST", help=f"the values of K (default {','.join(map(str, snr.K_GRID))})")
     p.add_argument("--seed", type=seed_int, default=snr.SEED, help=f"noise seed (default {snr.SEED})")
     p.add_argument("--out", metavar="DIR", help="also write the table, slopes, Markdown and figure to DIR")
-    p.add_argument("--tracking-uri", metavar="URI",
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    p.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX files (default: bundled)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    add_common(p)
     return p
 
 

@@ -1,21 +1,23 @@
 """python -m bench.tune: tune one variant at one latent size with Optuna, every trial a tracked MLflow run.
 
-    python -m bench.tune --variant sgvb_b --latent 20 --trials 30 --epochs 10
-    # more workers on the same study, in other shells or on other machines:
-    python -m bench.tune --variant sgvb_b --latent 20 --trials 30 --epochs 10 --storage study.journal
+    python -m bench.tune --variant sgvb_b --latent 20 --trials 30 --epochs 10 [--storage study.journal]
 
-TPE sampling over the search space in variants/search_space.py, median pruning on the per-epoch validation
-loss (``--validation`` images held out from the end of the training set; the test set is never used to
-choose). One MLflow parent run per study, found again by the study's name, and one nested child run per trial.
-Storage: an Optuna RDB URL (sqlite:///..., postgresql://...) or a path ending in .journal; by default
-optuna.db beside the MLflow SQLite store. ``--trials`` counts per worker. See docs/scaling.md for many machines.
+How a study is run and shared between workers: bench.sweeps.tuning.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from bench.cli import ArgumentParser, main_guard, name_arg, nonneg_int, positive_float, positive_int, seed_int
+from bench.cli import (
+    ArgumentParser,
+    add_common,
+    main_guard,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 from bench.core.config import BINARIZE, PRECISIONS
 from bench.sweeps.process import exit_now
 from bench.sweeps.tuning import PROG, tune
@@ -45,7 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training images held out for the objective (default 10000, the last ones)")
     p.add_argument("--limit-train", type=positive_int, metavar="N", help="train on the first N images only")
     p.add_argument("--seed", type=seed_int, default=1, help="training seed of every trial (default 1)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--binarize", choices=BINARIZE, default="none")
     p.add_argument("--prune-after", type=nonneg_int, default=5, metavar="N",
@@ -54,11 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between a worker's beats: a worker that cannot be checked otherwise (another "
                         "machine) and has not beaten for 2 x SEC is taken as lost, its trial queued again (10)")
     p.add_argument("--verbose", action="store_true", help="also print lost workers and this worker's overhead")
-    p.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST IDX files (default: bundled)")
-    p.add_argument("--experiment", type=name_arg, default=DEFAULT_EXPERIMENT,
-                   help=f"MLflow experiment ({DEFAULT_EXPERIMENT})")
-    p.add_argument("--tracking-uri", metavar="URI",
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    add_common(p, experiment=DEFAULT_EXPERIMENT)
     return p
 
 
