@@ -66,3 +66,14 @@ def run_cli(module: str, *args: str, cwd: Path | None = None, env: dict[str, str
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **CODE, **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def train_one(folder: Path, *args: str) -> tuple[str, str]:
+    """One real bench.run run (in this process, on the CPU) into a new SQLite store in ``folder``: (uri, run id)."""
+    from bench.run import main as run_main
+
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    assert run_main([*args, "--device", "cpu", "--tracking-uri", uri, "--no-progress"]) == 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs(client.search_experiments()[0].experiment_id)
+    return uri, run.info.run_id

@@ -19,10 +19,9 @@ from bench.evaluate import PROG
 from bench.evaluate import main as evaluate_main
 from bench.evaluation.nll import estimate_nll
 from bench.evaluation.run_evaluation import final_evaluation, load_run_model
-from bench.run import main as run_main
 from bench.tracking.tracker import MemoryTracker
 from bench.training.loop import train
-from tests.conftest import run_cli
+from tests.conftest import run_cli, train_one
 from variants.model import VAE
 from variants.registry import Variant
 
@@ -37,13 +36,8 @@ def _artifacts(client: MlflowClient, run_id: str, folder: str = "evaluation") ->
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """One real bench.run run: sgvb_b, latent 2, 1 epoch on 500 images, dynamic binarisation, test NLL K=5."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('evaluate') / 'mlflow.db'}"
-    rc = run_main(["--variant", "sgvb_b", "--latent", "2", "--epochs", "1", "--limit-train", "500",
-                   "--binarize", "dynamic", "--nll-samples", "5", "--device", "cpu", "--tracking-uri", uri,
-                   "--no-progress"])
-    assert rc == 0
-    (run,) = MlflowClient(uri).search_runs(MlflowClient(uri).search_experiments()[0].experiment_id)
-    return uri, run.info.run_id
+    return train_one(tmp_path_factory.mktemp("evaluate"), "--variant", "sgvb_b", "--latent", "2", "--epochs", "1",
+                     "--limit-train", "500", "--binarize", "dynamic", "--nll-samples", "5")
 
 
 def test_bench_run_evaluates_at_the_end_of_training(trained: tuple[str, str], tmp_path: Path) -> None:

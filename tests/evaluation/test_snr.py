@@ -15,9 +15,9 @@ from mlflow import MlflowClient
 
 from bench.cli import main_guard
 from bench.evaluation import snr
-from bench.run import main as run_main
 from bench.snr import PROG
 from bench.snr import main as snr_main
+from tests.conftest import train_one
 from variants.model import VAE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -64,14 +64,8 @@ def test_the_elbos_snr_rises_as_sqrt_k_within_the_studys_interval(mnist) -> None
 @pytest.fixture(scope="module")
 def run_with_snr(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """bench.run with --snr-every 1: two epochs of a small model, in a real store."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('snr') / 'mlflow.db'}"
-    rc = run_main(["--variant", "iwae_dreg_k5", "--latent", "2", "--hidden", "20", "--epochs", "2",
-                   "--limit-train", "256", "--snr-every", "1", "--device", "cpu", "--tracking-uri", uri,
-                   "--no-progress"])
-    assert rc == 0
-    client = MlflowClient(uri)
-    (run,) = client.search_runs(client.search_experiments()[0].experiment_id)
-    return uri, run.info.run_id
+    return train_one(tmp_path_factory.mktemp("snr"), "--variant", "iwae_dreg_k5", "--latent", "2", "--hidden", "20",
+                     "--epochs", "2", "--limit-train", "256", "--snr-every", "1")
 
 
 def test_snr_every_logs_the_snr_at_those_epochs(run_with_snr: tuple[str, str]) -> None:
