@@ -3,50 +3,60 @@
 # sizes 2, 10, 20 x seeds 1-5, trained on all 60,000 images into a store of its own, evaluated (test NLL on every
 # run, gradient variance on every seed), then reported with seed-paired intervals.
 #
-#   scripts/make_example_report.sh                      # the committed example: 60 core runs (+45 IWAE) of 10 epochs
+#   WORKERS=2 scripts/make_example_report.sh            # the committed example: 60 core runs + 15 IWAE, 5 epochs
 #   QUICK=1 scripts/make_example_report.sh              # a rehearsal in a few minutes: 1 epoch on 300 images, /tmp
 #
 # Settings (environment variables, defaults in brackets):
 #   STORE          folder of the MLflow store [/tmp/vae-bench-example]; reusing it resumes the sweep
 #   OUT            report folder [reports/example]
 #   VARIANTS       [sgvb_a,sgvb_b,sgvb_b_l5,sgvb_b_gauss]   LATENTS [2,10,20]   SEEDS [1,2,3,4,5]
-#   IWAE_VARIANTS  added to VARIANTS when `bench.run --list` has them [iwae_k5,iwae_dreg_k5,iwae_stl_k5]
-#   EPOCHS         [10]            LIMIT_TRAIN  training images [unset: all 60,000]
-#   NLL_SAMPLES    importance samples K for test_nll, on every run [1000: the IWAE comparison's K]
+#   IWAE_VARIANTS  a second grid, when `bench.run --list` has them [iwae_k5,iwae_dreg_k5,iwae_stl_k5]
+#   IWAE_LATENTS   ... at these latent sizes [20; QUICK: LATENTS]
+#   EPOCHS         [5]             LIMIT_TRAIN  training images [unset: all 60,000]
+#   NLL_SAMPLES    importance samples K for test_nll of the core variants' runs [100]
+#   IWAE_NLL_SAMPLES  ... and of the IWAE family's [1000: issue 12's K]; about 3 min a run on one core here
 #   GRADVAR_SEEDS  runs of these seeds get bench.evaluate --gradient-variance [every seed]; empty to skip
-#   GRADVAR_VARIANTS  ... and of these variants [every variant] (QUICK: sgvb_b, about 30 s per evaluation here)
+#   GRADVAR_VARIANTS  ... and of these variants [sgvb_b: each evaluation measures every estimator (A, B, L, IWAE k,
+#                  score function) at that run's parameters; about 30 s each here]; empty for every variant
 #   REPEATS        noise draws per estimator for the gradient variance [100]
 #   COMPARE        extra pairs for bench.report --compare, space separated [sgvb_b_l5:iwae_k5, if both are run]
 #   SWEEP          the sweep id (tag bench.sweep) [example]
+#   WORKERS        grid workers (and parallel evaluations) sharing the sweep's Optuna storage [1]; with more than
+#                  one, each gets OMP_NUM_THREADS=1 unless you set it
 #   DATE           report date, YYYY-MM-DD [today]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ -n "${QUICK:-}" ]]; then
   : "${STORE:=/tmp/vae-bench-example-quick}" "${OUT:=/tmp/vae-bench-example-quick/report}"
-  : "${EPOCHS:=1}" "${LIMIT_TRAIN:=300}" "${NLL_SAMPLES:=5}" "${REPEATS:=2}" "${LATENTS:=2,10}" "${SEEDS:=1,2}"
-  : "${GRADVAR_VARIANTS:=sgvb_b}"
+  : "${EPOCHS:=1}" "${LIMIT_TRAIN:=300}" "${NLL_SAMPLES:=5}" "${IWAE_NLL_SAMPLES:=5}" "${REPEATS:=2}" "${LATENTS:=2,10}" "${SEEDS:=1,2}"
+  : "${IWAE_LATENTS:=$LATENTS}"
 fi
 STORE=${STORE:-/tmp/vae-bench-example}
 OUT=${OUT:-reports/example}
 VARIANTS=${VARIANTS:-sgvb_a,sgvb_b,sgvb_b_l5,sgvb_b_gauss}
 IWAE_VARIANTS=${IWAE_VARIANTS-iwae_k5,iwae_dreg_k5,iwae_stl_k5}
 LATENTS=${LATENTS:-2,10,20}
+IWAE_LATENTS=${IWAE_LATENTS:-20}
 SEEDS=${SEEDS:-1,2,3,4,5}
-EPOCHS=${EPOCHS:-10}
+EPOCHS=${EPOCHS:-5}
 LIMIT_TRAIN=${LIMIT_TRAIN:-}
-NLL_SAMPLES=${NLL_SAMPLES:-1000}
+NLL_SAMPLES=${NLL_SAMPLES:-100}
+IWAE_NLL_SAMPLES=${IWAE_NLL_SAMPLES:-1000}
 GRADVAR_SEEDS=${GRADVAR_SEEDS-$SEEDS}
-GRADVAR_VARIANTS=${GRADVAR_VARIANTS:-}
+GRADVAR_VARIANTS=${GRADVAR_VARIANTS-sgvb_b}
 REPEATS=${REPEATS:-100}
+WORKERS=${WORKERS:-1}
+(( WORKERS > 1 )) && export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
-# The IWAE family joins when this checkout registers it (another branch adds IWAE-DReG and IWAE-STL).
+# The IWAE family is a second grid (fewer latent sizes: each of its runs costs about k times an L = 1 run).
 registered=$(python -m bench.run --list | awk '{print $1}')
+IWAE=""
 for v in ${IWAE_VARIANTS//,/ }; do
-  if grep -qx "$v" <<<"$registered"; then VARIANTS="$VARIANTS,$v"; else echo "   (variant $v not registered: left out)"; fi
+  if grep -qx "$v" <<<"$registered"; then IWAE="${IWAE:+$IWAE,}$v"; else echo "   (variant $v not registered: left out)"; fi
 done
 if [[ -z "${COMPARE+x}" ]]; then  # L = 5 beside IWAE k = 5: the same number of samples
-  COMPARE=""; [[ ",$VARIANTS," == *,sgvb_b_l5,* && ",$VARIANTS," == *,iwae_k5,* ]] && COMPARE="sgvb_b_l5:iwae_k5"
+  COMPARE=""; [[ ",$VARIANTS," == *,sgvb_b_l5,* && ",$IWAE," == *,iwae_k5,* ]] && COMPARE="sgvb_b_l5:iwae_k5"
 fi
 SWEEP=${SWEEP:-example}
 EXPERIMENT=vae-bench
@@ -55,19 +65,20 @@ URI="sqlite:///$(cd "$STORE" && pwd)/mlflow.db"
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 limit=(); [[ -n "$LIMIT_TRAIN" ]] && limit=(--limit-train "$LIMIT_TRAIN")
 
-echo "== 1/3 training: $VARIANTS x latents $LATENTS x seeds $SEEDS, $EPOCHS epochs, into $URI"
+grid() {  # grid VARIANTS LATENTS K: WORKERS processes share the storage beside the store and split its cells;
+          # resumable: combinations already FINISHED in the store are skipped
+  echo "== 1/3 training: $1 x latents $2 x seeds $SEEDS, $EPOCHS epochs, into $URI"
+  local pids=() p w
+  for ((w = 1; w <= WORKERS; w++)); do
+    python -m bench.grid --variants "$1" --latents "$2" --seeds "$SEEDS" --epochs "$EPOCHS" "${limit[@]}" \
+      --nll-samples "$3" --sweep "$SWEEP" --experiment "$EXPERIMENT" --tracking-uri "$URI" --no-progress &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || echo "   a grid worker exited with status $? (its cells are listed in the report)"; done
+}
 t0=$SECONDS
-if [[ -f bench/grid.py ]]; then  # resumable: combinations already FINISHED in the store are skipped
-  python -m bench.grid --variants "$VARIANTS" --latents "$LATENTS" --seeds "$SEEDS" --epochs "$EPOCHS" \
-    "${limit[@]}" --nll-samples "$NLL_SAMPLES" --sweep "$SWEEP" --experiment "$EXPERIMENT" \
-    --tracking-uri "$URI" --no-progress
-else
-  for v in ${VARIANTS//,/ }; do for z in ${LATENTS//,/ }; do for s in ${SEEDS//,/ }; do
-    python -m bench.run --variant "$v" --latent "$z" --seed "$s" --epochs "$EPOCHS" "${limit[@]}" \
-      --nll-samples "$NLL_SAMPLES" --sweep "$SWEEP" --experiment "$EXPERIMENT" --tracking-uri "$URI" \
-      --no-progress || echo "run $v z=$z seed=$s did not finish (it is listed in the report)"
-  done; done; done
-fi
+grid "$VARIANTS" "$LATENTS" "$NLL_SAMPLES"
+[[ -n "$IWAE" ]] && grid "$IWAE" "$IWAE_LATENTS" "$IWAE_NLL_SAMPLES"
 echo "   training took $((SECONDS - t0)) s"
 
 t0=$SECONDS
@@ -91,10 +102,10 @@ for _, r in runs.sort_values("tags.mlflow.runName").iterrows():
 EOF
   )
   echo "== 2/3 gradient variance of ${#ids[@]} runs (seeds $GRADVAR_SEEDS, $REPEATS repeats)"
-  for id in "${ids[@]}"; do
-    python -m bench.evaluate --run-id "$id" --tracking-uri "$URI" --nll-samples 0 --gradient-variance \
-      --repeats "$REPEATS" --no-progress | tail -n 1
-  done
+  if (( ${#ids[@]} )); then
+    printf '%s\n' "${ids[@]}" | xargs -P "$WORKERS" -I{} sh -c 'python -m bench.evaluate --run-id "$1" \
+      --tracking-uri "$2" --nll-samples 0 --gradient-variance --repeats "$3" --no-progress | tail -n 1' _ {} "$URI" "$REPEATS"
+  fi
 else
   echo "== 2/3 gradient variance: skipped"
 fi

@@ -54,7 +54,7 @@ def iwae_stl(model: torch.nn.Module, x: Tensor, samples: int = 1, gen: torch.Gen
 
 def iwae_dreg(model: torch.nn.Module, x: Tensor, samples: int = 1, gen: torch.Generator | None = None) -> LossTerms:
     """Doubly reparameterized gradient (Tucker, Lawson, Gu & Maddison 2018, "Doubly Reparameterized Gradient
-    Estimators for Monte Carlo Objectives", eq. 7): L_K's value; phi's gradient
+    Estimators for Monte Carlo Objectives"): L_K's value; phi's gradient
 
         grad_phi = sum_k w~_k^2 d/dz [log p(x, z) - log q_{sg(phi)}(z|x)]_{z_k} dz_k/dphi,
 
@@ -78,7 +78,7 @@ def _groups(log_w: Tensor, groups: int) -> Tensor:
 def miwae(model: torch.nn.Module, x: Tensor, samples: int = 1, gen: torch.Generator | None = None,
           groups: int = 1) -> LossTerms:
     """MIWAE(M, K) (Rainforth, Kosiorek, Le, Maddison, Igl, Wood & Teh 2018, "Tighter Variational Bounds are Not
-    Necessarily Better", eq. 6): the mean of M = ``groups`` IWAE bounds of K = ``samples`` draws each,
+    Necessarily Better"): the mean of M = ``groups`` IWAE bounds of K = ``samples`` draws each,
 
         L_{M,K}(x) = 1/M sum_m log 1/K sum_k w_{m,k},      M*K draws per datapoint,
 
@@ -89,7 +89,7 @@ def miwae(model: torch.nn.Module, x: Tensor, samples: int = 1, gen: torch.Genera
 
 def piwae(model: torch.nn.Module, x: Tensor, samples: int = 1, gen: torch.Generator | None = None,
           groups: int = 1) -> LossTerms:
-    """PIWAE(M, K) (Rainforth et al. 2018, section 5): the generative network follows the IWAE bound of all M*K
+    """PIWAE(M, K) (Rainforth et al. 2018): the generative network follows the IWAE bound of all M*K
     draws, the inference network MIWAE(M, K) on the same draws:
 
         grad_theta L_{MK}(x),   L_{MK}(x) = log 1/(MK) sum_{m,k} w_{m,k}       (the bound logged as the loss)
@@ -108,7 +108,7 @@ def piwae(model: torch.nn.Module, x: Tensor, samples: int = 1, gen: torch.Genera
 
 def ciwae(model: torch.nn.Module, x: Tensor, samples: int = 1, gen: torch.Generator | None = None,
           beta: float = 0.5) -> LossTerms:
-    """CIWAE(beta) (Rainforth et al. 2018, eq. 7): a convex combination of the K-sample ELBO and the IWAE bound on
+    """CIWAE(beta) (Rainforth et al. 2018): a convex combination of the K-sample ELBO and the IWAE bound on
     the same K draws, for both networks,
 
         L_beta(x) = beta * 1/K sum_k log w_k + (1 - beta) * log 1/K sum_k w_k,   0 <= beta <= 1.
