@@ -51,6 +51,14 @@ PREDICTIONS: dict[tuple[str, str], str] = {
 }
 
 
+def prediction(label: str, part: str, form: str) -> str:
+    """The papers' prediction for one slope; the norm form is a squared ratio, so its slopes are twice as steep."""
+    text = PREDICTIONS.get((label, part), "")
+    if form == "snr":
+        text = text.replace("-1/2", "-1 = 2 x -1/2").replace("+1/2", "+1 = 2 x +1/2")
+    return text
+
+
 def measure(model: nn.Module, x: Tensor, ks: Sequence[int] = K_GRID, repeats: int = REPEATS, seed: int = SEED,
             estimators: dict[str, str] | None = None, log: Callable[[str], None] = lambda s: None) -> pd.DataFrame:
     """One row per (estimator, K, part, jackknife replicate): replicate -1 is all draws, 0..G-1 leave group g out."""
@@ -97,7 +105,7 @@ def slopes(table: pd.DataFrame, tail_k: int = TAIL_K) -> pd.DataFrame:
                 rows.append({"estimator": label, "part": part, "form": form, "range": span,
                              "k_min": int(sub["K"].min()), "k_max": int(sub["K"].max()), "slope": full,
                              "stderr": se, "ci_low": full - T_975 * se, "ci_high": full + T_975 * se,
-                             "prediction": PREDICTIONS.get((label, part), "")})
+                             "prediction": prediction(label, part, form)})
     return pd.DataFrame(rows)
 
 

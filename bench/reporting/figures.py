@@ -14,6 +14,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 
+from bench.reporting.markdown import METRIC_NAMES  # noqa: E402
+
 DPI = 110
 PNG_METADATA = {"Software": None}  # no matplotlib version in the file: the same data gives the same bytes
 
@@ -171,7 +173,7 @@ def forest(df: pd.DataFrame, title: str, path: Path) -> None:
                     linewidth=1.2)
         ax.axvline(0, color="#c0392b", linewidth=1, linestyle="--")
         ax.set_yticks(list(y), labels, fontsize=8)
-        ax.set_title(m, fontsize=10)
+        ax.set_title(METRIC_NAMES.get(m, m), fontsize=10)  # the tables' names: test −ELBO, not test_loss
         ax.set_xlabel("B − A (95% t-interval)")
     fig.suptitle(title, fontsize=11, fontweight="bold")
     fig.tight_layout()

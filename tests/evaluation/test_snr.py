@@ -106,3 +106,11 @@ def test_bench_snr_logs_the_study_into_the_run(run_with_snr: tuple[str, str], tm
     assert "other settings" in capsys.readouterr().err
     assert guarded(["--run-id", "nope", "--tracking-uri", uri]) == 2
     assert guarded(["--run-id", run_id, "--tracking-uri", uri, "--k-grid", "5"]) == 2
+
+
+def test_the_norm_forms_prediction_is_twice_the_per_parameter_one() -> None:
+    assert snr.prediction("iwae", "encoder", "snr_param").startswith("-1/2 ")
+    assert snr.prediction("iwae", "encoder", "snr").startswith("-1 ")
+    assert snr.prediction("elbo", "decoder", "snr").startswith("+1 ")
+    assert snr.prediction("iwae_dreg", "encoder", "snr").startswith("rises")
+    assert snr.prediction("plugin_estimator", "encoder", "snr") == ""
