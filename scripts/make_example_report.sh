@@ -109,6 +109,30 @@ EOF
 else
   echo "== 2/3 gradient variance: skipped"
 fi
+
+# At the IWAE family's latent sizes every Bernoulli run gets its K too, so that test NLLs pair across the family,
+# A vs B, L = 1 vs 5 and --compare (pairs need the same K; Gaussian runs' NLL is compared with nothing else).
+mapfile -t ids < <(python - "$URI" "$SWEEP" "$IWAE_LATENTS" "$IWAE_NLL_SAMPLES" <<'EOF'
+import sys
+
+import mlflow
+
+uri, sweep, latents, k = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4]
+mlflow.set_tracking_uri(uri)
+runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`bench.sweep` = '{sweep}'")
+for _, r in runs.sort_values("tags.mlflow.runName").iterrows():
+    # the K of the run's latest test_nll: the last entry of its NLL tag at the last epoch (bench.reporting.data)
+    used = str(r.get(f"tags.bench.nll_samples.step{r['params.epochs']}")).split(",")[-1]
+    if (r["status"] == "FINISHED" and r["params.decoder"] == "bernoulli" and r["params.latent"] in latents
+            and used != k):
+        print(r["run_id"])
+EOF
+)
+if (( ${#ids[@]} )); then
+  echo "== 2/3 test NLL with K = $IWAE_NLL_SAMPLES on ${#ids[@]} Bernoulli runs at latents $IWAE_LATENTS"
+  printf '%s\n' "${ids[@]}" | xargs -P "$WORKERS" -I{} sh -c 'python -m bench.evaluate --run-id "$1" \
+    --tracking-uri "$2" --nll-samples "$3" --no-progress | grep "test NLL"' _ {} "$URI" "$IWAE_NLL_SAMPLES"
+fi
 echo "   evaluation took $((SECONDS - t0)) s"
 
 echo "== 3/3 report into $OUT"

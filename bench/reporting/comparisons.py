@@ -102,8 +102,8 @@ def comparisons(ctx: Ctx, figures: bool) -> list[str]:
     user = df[df["comparison"] == "user"]
     if not user.empty:
         lines += _section(ctx, "Pairs named with --compare",
-                          "Runs of the two named variants at each latent size, paired by seed; they may differ in "
-                          "more than one setting.", user, "user", figures)
+                          "Runs of the two named variants at each latent size both were run at, paired by seed; "
+                          "they may differ in more than one setting.", user, "user", figures)
     if figures and ctx.has("test_loss") and ctx.fin["latent"].nunique() > 1:
         fam = ctx.fin["decoder"].map(family)
         bern = sorted(set(ctx.fin.loc[fam == "bernoulli", "label"]))

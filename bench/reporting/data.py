@@ -25,6 +25,7 @@ from bench.tracking.names import (
     MEMBER_TAG,
     PARENT_TAG,
     ROLE_TAG,
+    SETTING_TAG,
     STUDY_TAG,
     SWEEP_TAG,
     TUNE_EXPERIMENT,
@@ -67,6 +68,20 @@ class ReportData:
         """The runs that are averaged: main runs with status FINISHED."""
         m = self.main
         return m[m["status"] == "FINISHED"]
+
+
+def latest_setting(raw: pd.DataFrame, name: str, first: pd.Series) -> pd.Series:
+    """Per run, the value of an evaluation setting behind its metrics' latest values: the last entry of the tag
+    bench.<name>.step<N> at the largest N (MLflow's latest value is the one at the largest step, and the tag lists
+    the values used at a step in the order they were logged); ``first`` (the param) where no tag says."""
+    prefix = "tags." + SETTING_TAG.format(name, "")
+    steps = sorted((c for c in raw if c.startswith(prefix) and c[len(prefix):].isdigit()),
+                   key=lambda c: int(c[len(prefix):]))
+    out = first.astype(object).copy()
+    for c in steps:  # larger steps overwrite smaller ones
+        last = raw[c].dropna().astype(str).str.split(",").str[-1]
+        out.loc[last.index] = last
+    return out
 
 
 def _quote(value: str, what: str) -> str:
@@ -167,6 +182,8 @@ def tidy(raw: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
         cols[m] = pd.to_numeric(raw[f"metrics.{m}"], errors="coerce").astype(float)
     for m in EPOCH_METRICS:  # runs trained --epochs 0 have none: the columns exist all the same, empty
         cols.setdefault(m, pd.Series(float("nan"), index=raw.index, dtype=float))
+    if "nll_samples" in cols:  # the K of test_nll's latest value, not the first K the param kept
+        cols["nll_samples"] = latest_setting(raw, "nll_samples", cols["nll_samples"])
     df = pd.DataFrame(cols)
     # Tuning trials and their study's parent run are reported apart. A run with a sweep tag is a run of the
     # comparison, whatever else it says (bench.grid hands combinations out as trials of an Optuna study).

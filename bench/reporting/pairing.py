@@ -154,7 +154,8 @@ def user_rows(fin: pd.DataFrame, pairs: list[tuple[str, str]]) -> list[dict[str,
     for name_a, name_b in pairs:
         a = fin[(fin["variant"] == name_a) | (fin["label"] == name_a)]
         b = fin[(fin["variant"] == name_b) | (fin["label"] == name_b)]
-        for z in sorted(set(a["latent"].dropna()) | set(b["latent"].dropna())):
+        za, zb = set(a["latent"].dropna()), set(b["latent"].dropna())
+        for z in sorted((za & zb) or (za | zb)):  # sizes only one of them ran say nothing; all, if none is shared
             az, bz = a[a["latent"] == z], b[b["latent"] == z]
             for m in USER_METRICS:
                 if m in fin and (az[m].notna().any() or bz[m].notna().any()):  # n = 0 rows say what is missing
@@ -186,7 +187,7 @@ def parse_pairs(specs: list[str] | None) -> list[tuple[str, str]]:
 def verdict(r: dict[str, Any]) -> str:
     n = r["n"]
     if n == 0:
-        return "no two runs share a seed and have this metric: not paired, no interval"
+        return "no two runs share a seed and have this metric (test NLL: with the same K): not paired, no interval"
     if n == 1:
         return "one seed-paired pair only (n = 1): no interval"
     if r["sd_diff"] == 0:

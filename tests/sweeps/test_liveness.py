@@ -47,6 +47,50 @@ def _wait_for_a_running_run(journal: Path, proc: subprocess.Popen, timeout: floa
     raise AssertionError("the worker never started its run")
 
 
+def _group(pgid: int) -> list[int]:
+    """The processes of a process group (the worker, and unshare around it)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                pids.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return pids
+
+
+def _holds_a_store_lock(pids: list[int]) -> bool:
+    """Whether any of the processes holds a file lock (/proc/locks: SQLite's locks on mlflow.db, our lock file, a
+    journal storage's lock) or is inside an SQLite write (its rollback journal open): a process stopped there
+    would block every other process of the store."""
+    locks = Path("/proc/locks").read_text().split("\n")
+    rows = [line.split() for line in locks]
+    holders = {int(f[4]) for f in rows if len(f) > 4 and f[1] != "->" and f[4].isdigit()}  # "->": a waiter
+    if holders & set(pids):
+        return True
+    for pid in pids:
+        try:
+            if any(os.readlink(fd).endswith("-journal") for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                return True
+        except OSError:
+            continue  # gone meanwhile
+    return False
+
+
+def _pause_between_writes(proc: subprocess.Popen, group: bool) -> None:
+    """SIGSTOP the worker at a moment it holds no store lock. A worker stopped inside a write blocks the store for
+    everyone (SQLite allows one writer), which is not what these tests are about; they are about its cell."""
+    send = (lambda sig: os.killpg(proc.pid, sig)) if group else proc.send_signal
+    for _ in range(200):
+        send(signal.SIGSTOP)
+        time.sleep(0.05)  # let the stop land on every process of the group
+        if not _holds_a_store_lock(_group(proc.pid) if group else [proc.pid]):
+            return
+        send(signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("the worker held a store lock at every one of 200 tries")
+
+
 @pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs unshare and root")
 def test_a_paused_worker_in_another_pid_namespace_loses_its_cell_and_ends_cleanly(tmp_path: Path,
                                                                                  tracking_uri: str) -> None:
@@ -60,7 +104,7 @@ def test_a_paused_worker_in_another_pid_namespace_loses_its_cell_and_ends_cleanl
                               start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         first = _wait_for_a_running_run(journal, paused)
-        os.killpg(paused.pid, signal.SIGSTOP)
+        _pause_between_writes(paused, group=True)
         assert first.user_attrs[workers.WORKER_ATTR] != str(ME)
         time.sleep(3.5)  # silent for longer than 2 x --heartbeat + 1 s
         assert grid.main(args) == 0  # takes the cell over and runs it
@@ -90,7 +134,7 @@ def test_a_paused_worker_that_can_be_checked_keeps_its_cell(tmp_path: Path, trac
                               stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         _wait_for_a_running_run(journal, paused)
-        paused.send_signal(signal.SIGSTOP)
+        _pause_between_writes(paused, group=False)
         time.sleep(3.5)
         assert grid.main(args) == 0
     finally:
