@@ -1,0 +1,64 @@
+"""Recompute every paired interval of a report's tables/comparisons.csv from the runs' MLflow metrics, without the
+report's code: read the runs with mlflow.search_runs, take each metric's latest value, pair by seed, and form the
+95% t-interval with scipy.
+
+    python scripts/check_intervals.py --tracking-uri sqlite:////tmp/vae-bench-example/mlflow.db \\
+        --sweep example reports/example/tables/comparisons.csv
+
+Prints how many rows match and each one that does not; exits 1 if any differs by more than 1e-6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import mlflow
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+def values(runs: pd.DataFrame, variant: str, latent: str, seeds: list[str], metric: str) -> np.ndarray:
+    """The metric's latest value in the run of each seed (the first run by id where a seed repeats)."""
+    out = []
+    for s in seeds:
+        hit = runs[(runs["params.variant"] == variant) & (runs["params.latent"] == latent) & (runs["params.seed"] == s)]
+        out.append(hit[f"metrics.{metric}"].iloc[0])
+    return np.asarray(out, dtype=float)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("csv")
+    parser.add_argument("--tracking-uri", required=True)
+    parser.add_argument("--sweep", required=True)
+    args = parser.parse_args()
+    mlflow.set_tracking_uri(args.tracking_uri)
+    runs = mlflow.search_runs(search_all_experiments=True,
+                              filter_string=f"tags.`bench.sweep` = '{args.sweep}' AND attributes.status = 'FINISHED'")
+    runs = runs.sort_values("run_id")
+    table = pd.read_csv(args.csv, dtype={"latent": str, "seeds": str})
+    checked, bad = 0, []
+    for _, r in table[table["n"] >= 2].iterrows():
+        za, _, zb = str(r["latent"]).partition("→")
+        zb = zb or za
+        seeds = str(r["seeds"]).split()
+        d = (values(runs, r["variant_b"], zb, seeds, r["metric"])
+             - values(runs, r["variant_a"], za, seeds, r["metric"]))
+        n, sd = len(d), d.std(ddof=1)
+        half = stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n) if sd > 0 else float("nan")  # no spread: no interval
+        want = (d.mean(), d.mean() - half, d.mean() + half)
+        got = (r["mean_diff"], r["ci_low"], r["ci_high"])
+        checked += 1
+        if n != r["n"] or not np.allclose(want, got, rtol=0, atol=1e-6, equal_nan=True):
+            bad.append(f"{r['comparison']} {r['variant_a']}:{r['variant_b']} z={r['latent']} {r['metric']}: "
+                       f"recomputed {want}, table {got}")
+    print(f"{checked - len(bad)} of {checked} intervals match the runs' metrics (|difference| <= 1e-6)")
+    for line in bad:
+        print("  " + line)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
