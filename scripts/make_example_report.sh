@@ -14,7 +14,8 @@
 #   IWAE_LATENTS   ... at these latent sizes [20; QUICK: LATENTS]
 #   EPOCHS         [5]             LIMIT_TRAIN  training images [unset: all 60,000]
 #   NLL_SAMPLES    importance samples K for test_nll of the core variants' runs [100]
-#   IWAE_NLL_SAMPLES  ... and of the IWAE family's [1000: issue 12's K]; about 3 min a run on one core here
+#   IWAE_NLL_SAMPLES  ... of the IWAE family's, and of every Bernoulli run at IWAE_LATENTS so that their NLLs pair
+#                  [1000: issue 12's K]; about 3 min a run on one core here
 #   GRADVAR_SEEDS  runs of these seeds get bench.evaluate --gradient-variance [every seed]; empty to skip
 #   GRADVAR_VARIANTS  ... and of these variants [sgvb_b: each evaluation measures every estimator (A, B, L, IWAE k,
 #                  score function) at that run's parameters; about 30 s each here]; empty for every variant

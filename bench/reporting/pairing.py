@@ -187,7 +187,8 @@ def parse_pairs(specs: list[str] | None) -> list[tuple[str, str]]:
 def verdict(r: dict[str, Any]) -> str:
     n = r["n"]
     if n == 0:
-        return "no two runs share a seed and have this metric (test NLL: with the same K): not paired, no interval"
+        same_k = " with the same K" if r["metric"] == "test_nll" else ""  # NLLs pair only at equal K
+        return f"no two runs share a seed and have this metric{same_k}: not paired, no interval"
     if n == 1:
         return "one seed-paired pair only (n = 1): no interval"
     if r["sd_diff"] == 0:
