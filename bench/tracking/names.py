@@ -41,6 +41,8 @@ GIT_DIRTY_TAG = "bench.git_dirty"  # "true" when the working tree differed from 
 OWNER_TAG = "bench.owner.{}"  # one per process that holds (or is claiming) the run: bench.tracking.ownership
 NLL_TAG = "bench.nll_samples"  # bench.run's --nll-samples: the final evaluation a resume does again
 MODEL_EPOCH_TAG = "bench.epoch"  # on a logged model: the epoch whose parameters it holds
+ANALYSIS_TAG = "bench.analysis"  # a run nested under a training run: which analysis (bench.tracking.analyses)
+ANALYSIS_OF_TAG = "bench.analysis_of"  # on such a run: the training run's id (also mlflow.parentRunId)
 
 # Artifacts
 CHECKPOINT = "checkpoint/checkpoint.pt"
