@@ -11,8 +11,8 @@ from bench.tracking.names import ANALYSIS_OF_TAG, ANALYSIS_TAG, OWNER_TAG, PAREN
 
 def test_an_analysis_run_is_nested_inherits_params_and_is_reused(tracking_uri: str) -> None:
     client = MlflowClient(tracking_uri)
-    parent = MlflowTracker.start(client, "vae-bench", "sgvb_b-z20-L1-s1", {"variant": "sgvb_b", "latent": 20},
-                                 tags={"bench.sweep": "s1", OWNER_TAG.format("abc"): "x", "bench.nll_samples.step5": "9"})
+    tags = {"bench.sweep": "s1", OWNER_TAG.format("abc"): "x", "bench.nll_samples.step5": "9"}
+    parent = MlflowTracker.start(client, "vae-bench", "sgvb_b-z20-L1-s1", {"variant": "sgvb_b", "latent": 20}, tags)
     parent.finish()
     first = analysis_run(client, parent.run_id, "gradient variance")
     run = client.get_run(first.run_id)
