@@ -16,6 +16,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from bench.errors import UserError
+from bench.reporting.analyses import attach_analyses, search_analyses, split_analyses
 from bench.tracking.names import (
     DEFAULT_EXPERIMENT,
     EPOCHS_TAG,
@@ -124,8 +125,10 @@ def search(client: MlflowClient, experiment: str | None = None, sweep: str | Non
         where = f"experiment {exps[0][1]!r}" if experiment else client.tracking_uri
         hint = f"sweeps there: {', '.join(names)}" if names else "no run there has a sweep tag"
         raise UserError(f"no runs of sweep {sweep!r} in {where}; {hint}")
+    df, _ = split_analyses(df)  # an analysis run carries its parent's tags, so a sweep's filter finds it too
     if df.empty:
         raise UserError(f"experiment {exps[0][1]!r} in {client.tracking_uri} has no runs")
+    df = attach_analyses(df, search_analyses(client, ids))
     names = {i: n for i, n in exps}
     df["experiment"] = df["experiment_id"].map(names)
     return df, [n for _, n in exps if n in set(df["experiment"])]

@@ -19,3 +19,34 @@ def test_the_k_of_the_latest_nll_comes_from_the_largest_steps_last_tag_entry() -
     })
     got = latest_setting(raw, "nll_samples", raw["params.nll_samples"])
     assert got.tolist()[:3] == ["1000", "1000", "5"] and pd.isna(got.iloc[3])
+
+
+def test_analysis_runs_fold_into_their_training_runs_row_and_old_stores_read_the_same(tracking_uri: str) -> None:
+    from mlflow import MlflowClient
+
+    from bench.reporting.data import load
+    from bench.tracking.analyses import analysis_run
+    from bench.tracking.mlflow_tracker import MlflowTracker
+
+    client = MlflowClient(tracking_uri)
+    epoch = {"train_loss": 150.0, "test_loss": 140.0}
+    runs = {}
+    for seed in (1, 2):  # seed 1: the new layout (an analysis run); seed 2: a store from before it
+        t = MlflowTracker.start(client, "vae-bench", f"sgvb_b-z2-L1-s{seed}",
+                                {"variant": "sgvb_b", "latent": 2, "seed": seed}, {"bench.sweep": "s"})
+        t.log_metrics(epoch, step=1)
+        t.log_metrics({"test_nll": 130.0 + seed}, step=1)
+        if seed == 1:
+            a = analysis_run(client, t.run_id, "gradient variance")
+            a.log_metrics({"gradvar/encoder/B": 3.0}, step=1)
+            a.finish()
+        else:
+            t.log_metrics({"gradvar/encoder/B": 4.0}, step=1)
+        t.finish()
+        runs[seed] = t.run_id
+    for sweep in (None, "s"):
+        data = load(client, sweep=sweep)
+        assert sorted(data.runs["run_id"]) == sorted(runs.values())  # no row for the analysis run
+        by_seed = data.runs.set_index("seed")
+        assert by_seed.loc[1, "gradvar/encoder/B"] == 3.0 and by_seed.loc[2, "gradvar/encoder/B"] == 4.0
+        assert by_seed.loc[1, "test_nll"] == 131.0
