@@ -148,15 +148,27 @@ def load_plugin_flags(argv: list[str]) -> list[str]:
     return rest
 
 
+PIPE_CLOSED = 128 + 13  # the status of a process that SIGPIPE ended, as a C tool in ``... | head`` would show
+
+
+def stdout_gone() -> int:
+    """The reader of stdout has gone (``... | head -n 1``): point stdout at /dev/null, so that what is still
+    buffered, and the interpreter's flush at exit, go nowhere instead of raising BrokenPipeError again (the
+    recipe of Python's signal docs, "Note on SIGPIPE"). Returns the exit status to give."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return PIPE_CLOSED
+
+
 def main_guard(main: Callable[[list[str] | None], int], prog: str) -> Callable[[list[str] | None], int]:
     """Run ``main``; a UserError, or a plugin that could not be loaded, becomes one line on stderr and exit status 2,
-    a stray Ctrl-C one line and 130. Called with no argv (the process's own command line), signals are held from
-    its return to the exit."""
+    a stray Ctrl-C one line and 130, a closed stdout nothing and 141. Called with no argv (the process's own
+    command line), signals are held from its return to the exit."""
 
-    def wrapped(argv: list[str] | None = None) -> int:
+    def guarded(argv: list[str] | None, own: bool) -> int:
         from variants.plugins import FAILURES
 
-        own = argv is None  # the process's own command line: this call ends the process
         quiet_libraries()
         try:
             args = load_plugin_flags(list(sys.argv[1:] if own else argv))
@@ -176,6 +188,16 @@ def main_guard(main: Callable[[list[str] | None], int], prog: str) -> Callable[[
             # traceback. The commands' own checks catch what they know of before this.
             print(f"{prog}: error: MLflow: {first_line(e, 300)}", file=sys.stderr)
             return 2
+
+    def wrapped(argv: list[str] | None = None) -> int:
+        own = argv is None  # the process's own command line: this call ends the process
+        try:
+            try:
+                return guarded(argv, own)
+            finally:
+                sys.stdout.flush()  # here, where a closed stdout is caught, not in the interpreter's exit
+        except BrokenPipeError:
+            return stdout_gone()
         finally:
             if own:
                 interrupts.ending_for_exit()
@@ -190,6 +212,9 @@ def exit_process(status: int) -> NoReturn:
     import atexit
 
     atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # a reader gone since main_guard's flush, or a closed stream
+            status = status or PIPE_CLOSED
     os._exit(status)
