@@ -167,9 +167,11 @@ def main_guard(main: Callable[[list[str] | None], int], prog: str) -> Callable[[
     command line), signals are held from its return to the exit."""
 
     def guarded(argv: list[str] | None, own: bool) -> int:
+        from bench.tracking import locks
         from variants.plugins import FAILURES
 
         quiet_libraries()
+        locks.set_waiting(False)
         try:
             args = load_plugin_flags(list(sys.argv[1:] if own else argv))
             if FAILURES:

@@ -19,6 +19,7 @@ import argparse  # noqa: E402
 from bench.cli import ArgumentParser, add_common, exit_process, main_guard, nonneg_int, positive_int  # noqa: E402
 from bench.evaluation import gradvar  # noqa: E402
 from bench.evaluation.run_evaluation import DEFAULT_NLL_SAMPLES, PROG, evaluate_run  # noqa: E402
+from bench.tracking import locks  # noqa: E402
 
 progress.note("")
 
@@ -42,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return evaluate_run(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    locks.set_waiting(args.wait)  # --wait also waits for the store's locks
+    return evaluate_run(args)
 
 
 if __name__ == "__main__":

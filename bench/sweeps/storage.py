@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from filelock import FileLock
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from bench.errors import UserError
+from bench.tracking.locks import StoreLock
 from bench.tracking.store import lock_for, redact, sqlite_path
 
 _TRANSIENT = ("locked", "already exists", "duplicate key", "deadlock", "could not serialize")
@@ -119,13 +119,13 @@ def close_storage(storage: BaseStorage) -> None:
         storage.engine.dispose()
 
 
-def storage_lock(spec: str) -> FileLock:
+def storage_lock(spec: str) -> StoreLock:
     """A lock for short critical sections of the processes on this machine that share ``spec``."""
     db = sqlite_path(spec)
     if db is not None:
-        return FileLock(str(db) + ".lock")
+        return StoreLock(str(db) + ".lock")
     if "://" not in spec:
-        return FileLock(str(Path(spec).expanduser().resolve()) + ".bench.lock")
+        return StoreLock(str(Path(spec).expanduser().resolve()) + ".bench.lock")
     return lock_for(spec)
 
 

@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from bench.errors import UserError, first_line
 from bench.tracking import artifacts
 from bench.tracking.artifacts import ARTIFACTS_DIR, sqlite_path
+from bench.tracking.locks import StoreLock
 from bench.tracking.names import DEFAULT_TRACKING_URI, EXPERIMENT_NOTES, NOTE_TAG, OTHER_EXPERIMENT_NOTE
 from bench.tracking.sqlite_checks import check_relocated, check_sqlite
 
@@ -36,12 +36,13 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def lock_for(uri: str) -> FileLock:
+def lock_for(uri: str) -> StoreLock:
+    """The store's lock between processes on this machine, taken with a timeout (bench.tracking.locks)."""
     db = sqlite_path(uri)
     if db is not None:
-        return FileLock(str(db) + ".lock")
+        return StoreLock(str(db) + ".lock")
     key = hashlib.md5(uri.encode()).hexdigest()[:12]
-    return FileLock(str(Path(tempfile.gettempdir()) / f"vae-bench-{key}.lock"))
+    return StoreLock(str(Path(tempfile.gettempdir()) / f"vae-bench-{key}.lock"))
 
 
 def check_server(uri: str, timeout: float = 5.0) -> None:

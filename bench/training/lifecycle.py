@@ -26,6 +26,7 @@ from bench.core.devices import resolve_device
 from bench.core.progress import note
 from bench.core.splits import split_validation
 from bench.errors import NonFiniteLoss, UserError, first_line, out_of_memory
+from bench.tracking import locks
 from bench.tracking.mlflow_tracker import MlflowTracker
 from bench.tracking.names import FAILURE_TAG, NLL_TAG
 from bench.tracking.ownership import Lease
@@ -121,6 +122,7 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     from bench.training.resume import resumed_run
 
     args = parser.parse_args(argv)
+    locks.set_waiting(bool(args.wait))  # --wait also waits for the store's locks
     if args.list:
         width = max(map(len, REGISTRY))
         for name, v in REGISTRY.items():
