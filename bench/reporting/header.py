@@ -3,6 +3,7 @@ summary table (mean ± standard error over seeds, with n)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import subprocess
@@ -31,6 +32,31 @@ def git_commit(out: Path | None = None) -> str:
     return f"`{sha}`" + (" with uncommitted changes" if dirty else "")
 
 
+def constraints_digest(path: Path | None = None) -> str:
+    """The lock file the environment was meant to be installed through (constraints.txt, README "Tested
+    installs"): its sha256 (12 hex digits), and whether the installed versions are the pinned ones."""
+    from importlib import metadata
+
+    path = path or REPO / "constraints.txt"
+    try:
+        text = path.read_text()
+    except OSError:
+        return f"no {path.name}"
+    off = []
+    for line in text.splitlines():
+        name, sep, version = line.split("#", 1)[0].strip().partition("==")
+        if not sep:
+            continue
+        try:
+            if metadata.version(name) != version:
+                off.append(name)
+        except metadata.PackageNotFoundError:
+            off.append(name)
+    state = "installed as pinned" if not off else f"{len(off)} installed otherwise ({', '.join(off[:3])}" + (
+        ", ...)" if len(off) > 3 else ")")
+    return f"{path.name} sha256 `{hashlib.sha256(text.encode()).hexdigest()[:12]}`, {state}"
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -44,7 +70,8 @@ def machine() -> str:
     import torch
 
     return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} logical cores; "
-            f"Python {platform.python_version()}, torch {torch.__version__}, mlflow {mlflow.__version__}")
+            f"Python {platform.python_version()}, torch {torch.__version__}, mlflow {mlflow.__version__}; "
+            f"{constraints_digest()}")
 
 
 def provenance(runs: pd.DataFrame) -> str:
