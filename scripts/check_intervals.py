@@ -19,8 +19,13 @@ import pandas as pd
 from scipy import stats
 
 
-def values(runs: pd.DataFrame, variant: str, latent: str, seeds: list[str], metric: str) -> np.ndarray:
-    """The metric's latest value in the run of each seed (the first run by id where a seed repeats)."""
+def values(runs: pd.DataFrame, variant: str, latent: str, seeds: list[str], metric: str,
+           ids: list[str] | None = None) -> np.ndarray:
+    """The metric's latest value in the run of each seed: the row's own run ids (runs_a / runs_b) where the table
+    has them, else the first run by id of the variant, latent size and seed."""
+    if ids:
+        by_id = runs.set_index("run_id")
+        return np.asarray([by_id.at[i, f"metrics.{metric}"] for i in ids], dtype=float)
     out = []
     for s in seeds:
         hit = runs[(runs["params.variant"] == variant) & (runs["params.latent"] == latent) & (runs["params.seed"] == s)]
@@ -38,14 +43,15 @@ def main() -> int:
     runs = mlflow.search_runs(search_all_experiments=True,
                               filter_string=f"tags.`bench.sweep` = '{args.sweep}' AND attributes.status = 'FINISHED'")
     runs = runs.sort_values("run_id")
-    table = pd.read_csv(args.csv, dtype={"latent": str, "seeds": str})
+    table = pd.read_csv(args.csv, dtype={"latent": str, "seeds": str, "runs_a": str, "runs_b": str})
     checked, bad = 0, []
     for _, r in table[table["n"] >= 2].iterrows():
         za, _, zb = str(r["latent"]).partition("→")
         zb = zb or za
         seeds = str(r["seeds"]).split()
-        d = (values(runs, r["variant_b"], zb, seeds, r["metric"])
-             - values(runs, r["variant_a"], za, seeds, r["metric"]))
+        ids = {s: str(r[f"runs_{s}"]).split(";") if pd.notna(r.get(f"runs_{s}")) else None for s in "ab"}
+        d = (values(runs, r["variant_b"], zb, seeds, r["metric"], ids["b"])
+             - values(runs, r["variant_a"], za, seeds, r["metric"], ids["a"]))
         n, sd = len(d), d.std(ddof=1)
         half = stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n) if sd > 0 else float("nan")  # no spread: no interval
         want = (d.mean(), d.mean() - half, d.mean() + half)

@@ -5,6 +5,10 @@ grid, R noise draws of the gradient g of the loss averaged over M fixed test ima
 
     per-parameter SNR   mean_p |E g_p| / std(g_p)      (Rainforth et al.'s definition; parameters whose gradient
                                                         does not vary are left out)
+    debiased            sqrt(mean_p rho2_p), rho2_p an unbiased estimate of (E g_p)^2 / Var g_p
+                                                       (draws.debiased_snr): |g_bar| / s has a floor near
+                                                       sqrt(2 / (pi R)) (0.08 at R = 100) where E g_p ~ 0, which
+                                                       flattens the slope once SNRs approach it; this form has none
     norm-form SNR       ||E g||^2 / sum_p Var(g_p)     (the form of bench.evaluate --gradient-variance)
 
 then the slope of log SNR against log K (least squares over the grid, and over its tail K >= TAIL_K), with an
@@ -38,7 +42,7 @@ GROUPS = 10  # jackknife groups of draws
 T_975 = 2.262  # t quantile (0.975, 9 degrees of freedom) for GROUPS = 10
 TAIL_K = 100
 STUDIED: dict[str, str] = {"iwae": "iwae", "iwae_dreg": "iwae_dreg", "iwae_stl": "iwae_stl", "elbo": "sgvb_a"}
-FORMS = {"snr_param": "per-parameter", "snr": "norm"}
+FORMS = {"snr_param": "per-parameter", "snr_param_debiased": "per-parameter, debiased (RMS)", "snr": "norm"}
 PREDICTIONS: dict[tuple[str, str], str] = {
     ("iwae", "encoder"): "-1/2 (Rainforth et al. 2018, Thm 1)",
     ("iwae", "decoder"): "+1/2 (Rainforth et al. 2018, Thm 1)",

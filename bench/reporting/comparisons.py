@@ -16,9 +16,14 @@ def paired_table(ctx: Ctx) -> pd.DataFrame:
     """Every paired comparison of the report, Holm-adjusted over all of them (computed once per report)."""
     if ctx.paired is None:
         rows = [r for axis in AXES for r in axis_rows(ctx.fin, ctx.data.params, axis)]
-        rows += user_rows(ctx.fin, ctx.pairs)
+        rows += user_rows(ctx.fin, ctx.data.params, ctx.pairs)
         ctx.paired = finish(rows)
     return ctx.paired
+
+
+def family_size(df: pd.DataFrame) -> int:
+    """The rows Holm's correction adjusts: those with a p-value (n >= 2 and a spread; sd = 0 gives none)."""
+    return int(df["p_value"].notna().sum())
 
 
 def _diff_cell(r: pd.Series) -> str:
@@ -70,16 +75,17 @@ def comparisons(ctx: Ctx, figures: bool) -> list[str]:
     from bench.reporting import figures as rf
 
     df = paired_table(ctx)
-    family_size = int((df["n"] >= 2).sum())
+    size = family_size(df)
     lines = ["## Comparisons", "",
              "Each row pairs runs that differ only in the compared axis and share a seed (the same initialisation "
              "and data order), and gives the mean paired difference B − A with a 95% t-interval on n − 1 degrees "
              "of freedom; n is the number of pairs. The verdict reads the interval: a difference is claimed only "
              "where the interval excludes 0; a comparison with fewer than two pairs gets no interval. Lower is "
              "better for every loss; more active units is not better or worse in itself.", "",
-             f"**Many intervals at once.** The tables below hold {family_size} intervals (rows with n ≥ 2). Each is a "
+             f"**Many intervals at once.** The tables below hold {size} intervals (rows with n ≥ 2 and a p-value; "
+             "pairs that all differ by the same amount have none). Each is a "
              "per-comparison 95% interval, so about one in twenty would exclude 0 by chance alone; the *p (Holm)* "
-             f"column adjusts the paired t-test's p-value for all {family_size} (Holm's step-down method): a "
+             f"column adjusts the paired t-test's p-value for all {size} (Holm's step-down method): a "
              "difference with p (Holm) < 0.05 holds at a 5% family-wise error rate. All rows are in "
              "`tables/comparisons.csv`.", ""]
     ctx.tables.add("comparisons", df)

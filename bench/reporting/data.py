@@ -7,6 +7,7 @@ Everything is sorted, so the same store always gives the same frames.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from mlflow import MlflowClient
 
 from bench.errors import UserError
 from bench.reporting.analyses import attach_analyses, search_analyses, split_analyses
+from bench.reporting.config import config_params
 from bench.tracking.names import (
     DEFAULT_EXPERIMENT,
     EPOCHS_TAG,
@@ -37,11 +39,9 @@ from bench.tracking.store import fluent_tracking_uri
 HISTORY_METRICS = ("train_loss", "train_recon", "train_kld", "test_loss", "test_recon", "test_kld",
                    "test_mse", "epoch_seconds")
 CORE_METRICS = HISTORY_METRICS  # a finished run of bench.run has all of these; a run without one is flagged
-# Params that do not define a configuration: runs differing only in these are repeats of one another.
-# Evaluation settings (bench.evaluate's K and gradient-variance draws) are not part of what was trained.
-NON_CONFIG_PARAMS = {"seed", "device", "data", "data_digest", "nll_samples", "gradvar_repeats", "gradvar_batches",
-                     "gradvar_batch_size"}
 CHUNK = 500  # run ids per bulk query
+# The metrics a comparison pairs: each must be the run's value at its final epoch (stale values are dropped).
+FINAL_METRICS = ("test_loss", "test_kld", "test_mse", "test_nll", "active_units")
 
 
 @dataclass
@@ -58,6 +58,10 @@ class ReportData:
     history: pd.DataFrame
     params: list[str]
     metrics: list[str]
+    # run_id, metric, step, epochs: a FINAL_METRICS value logged before the run's epochs target (set to NaN in
+    # ``runs``), e.g. a test NLL of epoch 10 on a run resumed to 20 epochs and not re-evaluated
+    stale: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(
+        columns=["run_id", "metric", "step", "epochs"]))
 
     @property
     def main(self) -> pd.DataFrame:
@@ -205,11 +209,6 @@ def tidy(raw: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
     return df.reset_index(drop=True).copy(), params, metrics
 
 
-def config_params(params: Iterable[str]) -> list[str]:
-    """The params that define a configuration (all but seed, device, data identity...)."""
-    return sorted(p for p in params if p not in NON_CONFIG_PARAMS and p not in ("variant", "latent"))
-
-
 def labels(df: pd.DataFrame, params: list[str]) -> pd.Series:
     """The variant name, plus ``key=value`` for each param that differs between finished main runs of that
     variant (so runs of one variant at two learning rates are never averaged together)."""
@@ -279,6 +278,28 @@ def load(client: MlflowClient, experiment: str | None = None, sweep: str | None 
     data.history = fetch_histories(client, main_ids, wanted, method=history_method)
     last = data.history.groupby("run_id")["step"].max()
     runs["epochs_logged"] = runs["run_id"].map(last).fillna(0).astype(int)
+    extra = [m for m in FINAL_METRICS if m in metrics and m not in wanted]
+    steps = pd.concat([data.history[data.history["metric"].isin(FINAL_METRICS)],
+                       fetch_histories(client, main_ids, extra, method=history_method)], ignore_index=True)
+    data.stale = drop_stale(runs, steps)
     return data
+
+
+def drop_stale(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
+    """Set to NaN, in ``runs``, every FINAL_METRICS value whose step is below the run's epochs target, and return
+    those (run_id, metric, step, epochs). MLflow's latest value of a metric is the one at its largest step, so
+    the largest step of its history is the step of the value search_runs gave."""
+    cols = ["run_id", "metric", "step", "epochs"]
+    if history.empty or "epochs" not in runs:
+        return pd.DataFrame(columns=cols)
+    step = history.groupby(["run_id", "metric"])["step"].max().rename("step").reset_index()
+    target = pd.to_numeric(runs.set_index("run_id")["epochs"], errors="coerce")
+    step["epochs"] = step["run_id"].map(target)
+    stale = step[step["epochs"].notna() & (step["step"] < step["epochs"])].copy()
+    stale["epochs"] = stale["epochs"].astype(int)
+    index = runs.reset_index().set_index("run_id")["index"]
+    for r in stale.itertuples():
+        runs.loc[index[r.run_id], r.metric] = float("nan")
+    return stale.sort_values(["run_id", "metric"])[cols].reset_index(drop=True)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import UserError
-from bench.reporting.data import config_params
+from bench.reporting.config import config_params
 from bench.reporting.markdown import num
 from bench.reporting.stats import holm, paired_t
 
@@ -86,17 +86,20 @@ AXES = [
 
 
 def pair(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """seed, a, b of the runs of a and b that share a seed and both have the metric (the first run by id where a
-    seed repeats). For test_nll, the two runs' NLL must come from the same number of importance samples."""
+    """seed, a, b, run_a, run_b of the runs of a and b that share a seed and both have the metric; for test_nll
+    the two NLLs must also come from the same number of importance samples K. Only then, where a seed still
+    repeats, the first pair by run ids is kept (filtering first keeps a valid same-K pair that a K-less
+    duplicate with a lower id would otherwise hide)."""
     cols = ["seed", "run_id", metric] + (["nll_samples"] if metric == "test_nll" and "nll_samples" in a else [])
-    a = a[a["seed"].notna()].sort_values("run_id")[cols].drop_duplicates("seed")
-    b = b[b["seed"].notna()].sort_values("run_id")[cols].drop_duplicates("seed")
-    m = a.merge(b, on="seed", suffixes=("_a", "_b")).sort_values("seed")
-    m = m[m[f"{metric}_a"].notna() & m[f"{metric}_b"].notna()]
+    a = a[a["seed"].notna() & a[metric].notna()][cols]
+    b = b[b["seed"].notna() & b[metric].notna()][cols]
+    m = a.merge(b, on="seed", suffixes=("_a", "_b"))
     if "nll_samples_a" in m:
         m = m[m["nll_samples_a"].map(num) == m["nll_samples_b"].map(num)]
+    m = m.sort_values(["seed", "run_id_a", "run_id_b"]).drop_duplicates("seed")
     return pd.DataFrame({"seed": m["seed"].astype(int), "a": m[f"{metric}_a"].astype(float),
-                         "b": m[f"{metric}_b"].astype(float)}).reset_index(drop=True)
+                         "b": m[f"{metric}_b"].astype(float), "run_a": m["run_id_a"].astype(object),
+                         "run_b": m["run_id_b"].astype(object)}).reset_index(drop=True)
 
 
 def row(comparison: str, label_a: str, label_b: str, latent: Any, metric: str, p: pd.DataFrame) -> dict[str, Any]:
@@ -105,7 +108,8 @@ def row(comparison: str, label_a: str, label_b: str, latent: Any, metric: str, p
             "metric": metric, "n": t.n, "mean_a": p["a"].mean() if len(p) else float("nan"),
             "mean_b": p["b"].mean() if len(p) else float("nan"), "mean_diff": t.mean_diff, "sd_diff": t.sd,
             "ci_low": t.ci_low, "ci_high": t.ci_high, "p_value": t.p_value,
-            "seeds": " ".join(str(s) for s in p["seed"])}
+            "seeds": " ".join(str(s) for s in p["seed"]), "runs_a": ";".join(p["run_a"]) if "run_a" in p else "",
+            "runs_b": ";".join(p["run_b"]) if "run_b" in p else ""}
 
 
 def _value_pairs(values: list[str], how: str) -> list[tuple[str, str]]:
@@ -124,12 +128,11 @@ def axis_rows(fin: pd.DataFrame, params: list[str], axis: Axis) -> list[dict[str
     fin = fin[fin["_v"].notna()]
     if fin.empty:
         return []
-    context = fin[keys].astype(object).fillna("-").astype(str).agg("|".join, axis=1) if keys else pd.Series(
-        "", index=fin.index)
+    where = context(fin, keys)
     if not axis.latent_is_axis:
-        context = context + "|z" + fin["latent"].astype(str)
+        where = where + "|z" + fin["latent"].astype(str)
     out = []
-    for _, g in fin.groupby(context, sort=True):
+    for _, g in fin.groupby(where, sort=True):
         values = sorted(g["_v"].unique(), key=axis.order)
         for va, vb in _value_pairs(values, axis.pairs):
             a, b = g[g["_v"] == va], g[g["_v"] == vb]
@@ -147,19 +150,52 @@ def axis_rows(fin: pd.DataFrame, params: list[str], axis: Axis) -> list[dict[str
 USER_METRICS = ["test_loss", "test_nll", "test_mse", "active_units"]
 
 
-def user_rows(fin: pd.DataFrame, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    """--compare A:B: the runs of variant (or label) A against B at each latent size, paired by seed."""
+def context(runs: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """Per run, its configuration on the given keys as one string (missing params as '-')."""
+    if not keys:
+        return pd.Series("", index=runs.index, dtype=object)
+    return runs[keys].astype(object).fillna("-").astype(str).agg("|".join, axis=1)
+
+
+def compared_params(a: pd.DataFrame, b: pd.DataFrame, keys: list[str]) -> set[str]:
+    """The params --compare A:B compares: those in which every run of A differs from every run of B (the
+    variants' axes, e.g. estimator); every other configuration param must match between twins."""
+    out = set()
+    for k in keys:
+        va, vb = set(a[k].astype(object).fillna("-").astype(str)), set(b[k].astype(object).fillna("-").astype(str))
+        if not va & vb:
+            out.add(k)
+    return out
+
+
+def user_rows(fin: pd.DataFrame, params: list[str], pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """--compare A:B: the runs of variant (or label) A against B at each latent size, paired by seed. Where a
+    side holds several configurations (e.g. 5 and 10 epochs), each configuration of A pairs with its twin in B
+    (equal in every configuration param but those A:B compares), one row each, labelled with the configuration;
+    configurations without a twin are left out. Runs of two configurations are never pooled."""
     check_pairs(fin, pairs)
+    keys = [k for k in config_params(params) if k in fin]
     out = []
     for name_a, name_b in pairs:
         a = fin[(fin["variant"] == name_a) | (fin["label"] == name_a)]
         b = fin[(fin["variant"] == name_b) | (fin["label"] == name_b)]
+        same = [k for k in keys if k not in compared_params(a, b, keys)]
+        ca, cb = context(a, same), context(b, same)
         za, zb = set(a["latent"].dropna()), set(b["latent"].dropna())
         for z in sorted((za & zb) or (za | zb)):  # sizes only one of them ran say nothing; all, if none is shared
             az, bz = a[a["latent"] == z], b[b["latent"] == z]
+            twins = sorted(set(ca[az.index]) & set(cb[bz.index]))
             for m in USER_METRICS:
-                if m in fin and (az[m].notna().any() or bz[m].notna().any()):  # n = 0 rows say what is missing
-                    out.append(row("user", name_a, name_b, z, m, pair(az, bz, m)))
+                if m not in fin or not (az[m].notna().any() or bz[m].notna().any()):
+                    continue
+                if not twins:  # n = 0 rows say what is missing
+                    out.append(row("user", name_a, name_b, z, m, pair(az.iloc[:0], bz.iloc[:0], m)))
+                for c in twins:
+                    ga, gb = az[ca[az.index] == c], bz[cb[bz.index] == c]
+                    several = len(set(ca[az.index])) > 1 or len(set(cb[bz.index])) > 1
+                    la = " / ".join(sorted(set(ga["label"]))) if several else name_a
+                    lb = " / ".join(sorted(set(gb["label"]))) if several else name_b
+                    out.append(row("user", la, lb, z, m, pair(ga, gb, m)))
     return out
 
 
@@ -207,7 +243,7 @@ def verdict(r: dict[str, Any]) -> str:
 def finish(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """All paired rows of the report, with Holm-adjusted p-values over the whole family and verdicts."""
     cols = ["comparison", "variant_a", "variant_b", "latent", "metric", "n", "mean_a", "mean_b", "mean_diff",
-            "sd_diff", "ci_low", "ci_high", "p_value", "p_holm", "verdict", "seeds"]
+            "sd_diff", "ci_low", "ci_high", "p_value", "p_holm", "verdict", "seeds", "runs_a", "runs_b"]
     df = pd.DataFrame(rows, columns=[c for c in cols if c not in ("p_holm", "verdict")])
     df["p_holm"] = holm(df["p_value"].tolist()) if len(df) else []
     df["verdict"] = [verdict(r) for r in df.to_dict("records")]

@@ -252,11 +252,29 @@ def missing(ctx: Ctx) -> list[str]:
                          "missing metrics": ", ".join(absent) or DASH,
                          "epochs logged": f"{r['epochs_logged']} of {int(target)}" if target is not None
                          else str(r["epochs_logged"])})
-    if not rows:
+    lines = []
+    if rows:
+        lines += ["## Finished runs with missing metrics", "",
+                  "These runs are FINISHED but lack some per-epoch metrics or epochs; they stay in the averages for "
+                  "the metrics they have (cells then say *k of n runs*).", "", ctx.table("missing_metrics", rows), ""]
+    return lines + stale(ctx)
+
+
+def stale(ctx: Ctx) -> list[str]:
+    """Runs whose latest value of a compared metric predates their final epoch (data.drop_stale left it out)."""
+    st = ctx.data.stale
+    if st.empty:
         return []
-    return ["## Finished runs with missing metrics", "",
-            "These runs are FINISHED but lack some per-epoch metrics or epochs; they stay in the averages for the "
-            "metrics they have (cells then say *k of n runs*).", "", ctx.table("missing_metrics", rows), ""]
+    names = ctx.data.runs.set_index("run_id")
+    rows = [{"run": f"{esc(names.at[r.run_id, 'run_name'])} (`{r.run_id[:8]}`)",
+             "variant": esc(names.at[r.run_id, "label"]), "metric": r.metric,
+             "not re-evaluated at epoch": str(r.epochs), "latest value from epoch": str(r.step)}
+            for r in st.itertuples()]
+    return ["## Metrics not re-evaluated at the final epoch", "",
+            "These values were measured before the run reached its epochs target (e.g. a run resumed to more "
+            "epochs and not evaluated again). They are left out of every average and comparison; "
+            "`bench.evaluate --run-id ID` measures them at the final epoch.", "",
+            ctx.table("stale_metrics", rows), ""]
 
 
 def configuration(ctx: Ctx) -> list[str]:
