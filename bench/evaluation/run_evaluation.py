@@ -37,14 +37,13 @@ from bench.evaluation.nll import estimate_nll
 from bench.tracking.analyses import analysis_run
 from bench.tracking.lookup import get_run
 from bench.tracking.mlflow_tracker import MlflowTracker
-from bench.tracking.names import MODEL_EPOCH_TAG, MODEL_NAME
+from bench.tracking.names import GRADVAR_ANALYSIS, MODEL_EPOCH_TAG, MODEL_NAME
 from bench.tracking.ownership import Lease
 from bench.tracking.store import browse_hint, fluent_tracking_uri, open_store, ui_address
 from bench.tracking.tracker import NullTracker, Tracker
 
 PROG = "python -m bench.evaluate"
 ARTIFACT_DIR = "evaluation"
-GRADVAR_ANALYSIS = "gradient variance"  # the analysis run's name (bench.tracking.analyses)
 DEFAULT_NLL_SAMPLES = 1000  # the CLI's default; bench.run's --nll-samples defaults to 0 (off)
 
 

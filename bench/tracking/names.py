@@ -43,6 +43,9 @@ NLL_TAG = "bench.nll_samples"  # bench.run's --nll-samples: the final evaluation
 MODEL_EPOCH_TAG = "bench.epoch"  # on a logged model: the epoch whose parameters it holds
 ANALYSIS_TAG = "bench.analysis"  # a run nested under a training run: which analysis (bench.tracking.analyses)
 ANALYSIS_OF_TAG = "bench.analysis_of"  # on such a run: the training run's id (also mlflow.parentRunId)
+# Analyses (ANALYSIS_TAG's values; an analysis run is named "<run name> · <analysis>")
+GRADVAR_ANALYSIS = "gradient variance"  # bench.evaluate --gradient-variance
+SNR_ANALYSIS = "SNR study"  # bench.snr, and bench.run --snr-every's per-epoch curves
 
 # Artifacts
 CHECKPOINT = "checkpoint/checkpoint.pt"
