@@ -33,6 +33,25 @@ def values(runs: pd.DataFrame, variant: str, latent: str, seeds: list[str], metr
     return np.asarray(out, dtype=float)
 
 
+def sweep_runs(sweep: str) -> pd.DataFrame:
+    """The sweep's FINISHED training runs, sorted by id: those it made (tag bench.sweep) and those it reused (tag
+    bench.in_sweep.<sweep>), with the metrics of their analysis runs (tag bench.analysis_of: gradient variance...)
+    on their rows, and without the analysis runs themselves, which carry their training run's tags."""
+    found = [mlflow.search_runs(search_all_experiments=True,
+                                filter_string=f"{flt} AND attributes.status = 'FINISHED'")
+             for flt in (f"tags.`bench.sweep` = '{sweep}'", f"tags.`bench.in_sweep.{sweep}` = 'true'")]
+    if all(f.empty for f in found):
+        sys.exit(f"check_intervals.py: no FINISHED runs of sweep {sweep!r}")
+    runs = pd.concat([f for f in found if not f.empty], ignore_index=True).drop_duplicates("run_id")
+    is_analysis = runs.get("tags.bench.analysis_of", pd.Series(index=runs.index, dtype=object)).notna()
+    training, analyses = runs[~is_analysis].copy(), runs[is_analysis]
+    for _, a in analyses.iterrows():
+        hit = training["run_id"] == a["tags.bench.analysis_of"]
+        for c in (c for c in analyses if c.startswith("metrics.") and pd.notna(a[c])):
+            training.loc[hit, c] = a[c]
+    return training.sort_values("run_id")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("csv")
@@ -40,9 +59,7 @@ def main() -> int:
     parser.add_argument("--sweep", required=True)
     args = parser.parse_args()
     mlflow.set_tracking_uri(args.tracking_uri)
-    runs = mlflow.search_runs(search_all_experiments=True,
-                              filter_string=f"tags.`bench.sweep` = '{args.sweep}' AND attributes.status = 'FINISHED'")
-    runs = runs.sort_values("run_id")
+    runs = sweep_runs(args.sweep)
     table = pd.read_csv(args.csv, dtype={"latent": str, "seeds": str, "runs_a": str, "runs_b": str})
     checked, bad = 0, []
     for _, r in table[table["n"] >= 2].iterrows():

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TextIO
 
 TICK = 1.0  # seconds between redraws of the elapsed time
 
@@ -44,3 +45,32 @@ def note(text: str) -> None:
     if sys.stderr.isatty():
         sys.stderr.write(f"\r\033[K{text}")
         sys.stderr.flush()
+
+
+class Count:
+    """``label k/N, ETA S s`` on one redrawn stderr line (a terminal only, or ``progress``): the ETA is the mean
+    time per finished item so far times the items left, the simplest estimate that needs no model of the items."""
+
+    def __init__(self, label: str, total: int, progress: bool, stream: TextIO | None = None) -> None:
+        self.label, self.total, self.progress = label, total, progress
+        self.stream = stream or sys.stderr
+        self.done = 0
+        self.t0 = time.monotonic()
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.t0
+        if self.done == 0:
+            return f"{self.label} 0/{self.total}"
+        eta = elapsed / self.done * (self.total - self.done)
+        return f"{self.label} {self.done}/{self.total}, {elapsed:.0f} s, ETA {eta:.0f} s"
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        if self.progress:
+            self.stream.write(f"\r\033[K{self.line()}")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.progress:
+            self.stream.write("\r\033[K")
+            self.stream.flush()

@@ -21,6 +21,7 @@ import pandas as pd
 from tabulate import tabulate
 from torch import Tensor, nn
 
+from bench.core.progress import Count
 from bench.evaluation.draws import PARTS, gradient_moments
 from variants.registry import Variant
 
@@ -64,16 +65,21 @@ def minibatches(test_x: Tensor, batch: int = BATCH, batches: int = BATCHES) -> l
 
 
 def measure(model: nn.Module, test_x: Tensor, repeats: int = REPEATS, seed: int = GRADVAR_SEED,
-            sweep: bool = True, batch: int = BATCH, batches: int = BATCHES) -> pd.DataFrame:
-    """One row per (label, part, minibatch): the contract's columns (COLUMNS)."""
+            sweep: bool = True, batch: int = BATCH, batches: int = BATCHES, progress: bool = False) -> pd.DataFrame:
+    """One row per (label, part, minibatch): the contract's columns (COLUMNS). ``progress``: estimator k/N with an
+    ETA on stderr."""
     rows = []
-    for label, v in COMPARED + (SWEEP if sweep else ()):
+    configs = COMPARED + (SWEEP if sweep else ())
+    count = Count("gradient variance: estimator", len(configs), progress)
+    for label, v in configs:
         for b, x in enumerate(minibatches(test_x, batch, batches)):
             moments = gradient_moments(model, x, v, repeats, seed)
             for part in PARTS:
                 s = moments[part].summary()
                 rows.append({"label": label, "estimator": v.estimator, "samples": v.draws(), "part": part,
                              "batch": b, "variance": s["variance"], "snr": s["snr"]})
+        count.step()
+    count.close()
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -105,16 +111,32 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
-def evaluate_gradvar(model: nn.Module, test_x: Tensor, repeats: int, folder: Path) -> tuple[
+# The printed table's headers: short enough that it fits 100 columns (the label names the estimator and L or k)
+SHORT_HEADERS = {"label": "label", "samples": "L/k", "encoder_variance": "var enc", "decoder_variance": "var dec",
+                 "encoder_snr": "SNR enc", "decoder_snr": "SNR dec", "encoder_variance_vs_sgvb_b": "var enc / B"}
+
+
+def printed_table(table: pd.DataFrame) -> str:
+    """summary_table as a GitHub table with SHORT_HEADERS, four significant digits."""
+    wide = summary_table(table)
+    wide = wide[[c for c in SHORT_HEADERS if c in wide]].rename(columns=SHORT_HEADERS)
+    for c in wide.columns[2:]:  # formatted here: tabulate's decimal alignment pads 4-digit numbers to 12 columns
+        wide[c] = wide[c].map(lambda v: f"{v:.4g}")
+    return tabulate(wide, headers="keys", showindex=False, tablefmt="github", disable_numparse=True,
+                    colalign=("left",) + ("right",) * (len(wide.columns) - 1))
+
+
+def evaluate_gradvar(model: nn.Module, test_x: Tensor, repeats: int, folder: Path, progress: bool = False) -> tuple[
         dict[str, float], dict[str, int], list[Path], str]:
     """What bench.evaluate --gradient-variance logs: (metrics, params, files written in ``folder``, the table)."""
-    table = measure(model, test_x, repeats)
+    table = measure(model, test_x, repeats, progress=progress)
     batches = int(table["batch"].max()) + 1
     size = min(BATCH, len(test_x))
     csv, md = folder / "gradvar.csv", folder / "gradvar.md"
     table.to_csv(csv, index=False)
-    text = tabulate(summary_table(table), headers="keys", showindex=False, floatfmt=".4g", tablefmt="github")
+    text = printed_table(table)
     md.write_text(f"Gradient variance over {repeats} noise draws on each of {batches} minibatches of {size} test "
-                  f"images (means over the minibatches; total variance, norm-form SNR)\n\n{text}\n")
+                  f"images (means over the minibatches; total variance, norm-form SNR; var enc / B: the encoder's "
+                  f"variance over SGVB B's)\n\n{text}\n")
     params = {"gradvar_repeats": repeats, "gradvar_batches": batches, "gradvar_batch_size": size}
     return gradvar_metrics(table), params, [csv, md], text

@@ -5,8 +5,10 @@ Always: ``active_units`` (Burda et al.'s rule) and the KL per latent dimension (
 for 2-D latents the test set's scatter and the 20x20 learned manifold. With K > 0 importance samples,
 ``test_nll`` (the K-sample IWAE bound, bench.evaluation.nll) and ``test_nll_stderr``, with K as the param
 ``nll_samples`` (the first K) and the tag ``bench.nll_samples.step<N>`` (every K used at that step). With
-gradient variance, gradvar/... and gradsnr/... for every estimator (bench.evaluation.gradvar) and
-evaluation/gradvar.*.
+gradient variance, gradvar/..., gradsnr/... and gradvar_ratio/... for every estimator (bench.evaluation.gradvar),
+evaluation/gradvar.* and the tags bench.gradvar_*.step<N>: in bench.evaluate, into the training run's analysis run
+"gradient variance" (bench.tracking.analyses), so that the training run's Model metrics tab keeps opening on its
+loss curves (MLflow 3.17 puts slash-named sections first).
 The test set is binarised as the run's training was (its ``binarize`` param). Only MlflowClient calls
 write to the run, so its status (FINISHED, FAILED, KILLED) stays as it was.
 """
@@ -32,11 +34,12 @@ from bench.core.splits import prepare_test
 from bench.errors import UserError, first_line, out_of_memory
 from bench.evaluation import gradvar, latents
 from bench.evaluation.nll import estimate_nll
+from bench.tracking.analyses import analysis_run
 from bench.tracking.lookup import get_run
 from bench.tracking.mlflow_tracker import MlflowTracker
-from bench.tracking.names import MODEL_EPOCH_TAG, MODEL_NAME
+from bench.tracking.names import GRADVAR_ANALYSIS, MODEL_EPOCH_TAG, MODEL_NAME
 from bench.tracking.ownership import Lease
-from bench.tracking.store import fluent_tracking_uri, open_store
+from bench.tracking.store import browse_hint, fluent_tracking_uri, open_store, ui_address
 from bench.tracking.tracker import NullTracker, Tracker
 
 PROG = "python -m bench.evaluate"
@@ -46,8 +49,10 @@ DEFAULT_NLL_SAMPLES = 1000  # the CLI's default; bench.run's --nll-samples defau
 
 def evaluate_model(model: nn.Module, test_x: Tensor, test_y: Tensor, tracker: Tracker, step: int,
                    nll_samples: int = 0, gradient_variance: bool = False, repeats: int = gradvar.REPEATS,
-                   progress: bool = False, log: Callable[[str], None] = print) -> dict[str, float]:
-    """Compute, log to ``tracker`` (metrics at ``step``, files under evaluation/) and return the metrics."""
+                   progress: bool = False, log: Callable[[str], None] = print,
+                   gradvar_tracker: Callable[[], Tracker] | None = None) -> dict[str, float]:
+    """Compute, log to ``tracker`` (metrics at ``step``, files under evaluation/) and return the metrics. The
+    gradient variance goes to ``gradvar_tracker()`` (opened once the other results are logged) if given."""
     model.eval()
     metrics: dict[str, float] = {}
     settings: dict[str, int] = {}  # params/tags, not charts: the K of each test_nll, the R of each variance
@@ -66,20 +71,27 @@ def evaluate_model(model: nn.Module, test_x: Tensor, test_y: Tensor, tracker: Tr
             settings["nll_samples"] = nll_samples
             log(f"test NLL {result.nll:.3f} +- {result.stderr:.3f} nats ({nll_samples} importance samples, "
                 f"{len(test_x)} images)")
-        if gradient_variance:
-            with stage(f"gradient variance of every estimator, {repeats} noise draws each", progress, log):
-                gmetrics, gparams, gfiles, text = gradvar.evaluate_gradvar(model, test_x, repeats, folder)
-            metrics.update(gmetrics)
-            settings.update(gparams)  # settings are params and tags, never charts (GRADVAR_CONTRACT.md)
-            files += gfiles
-            log(text)
         log(f"active units {int(metrics['active_units'])} of {model.latent}; "
             f"KL per dimension in {ARTIFACT_DIR}/kl_per_dim.md")
-        tracker.log_metrics(metrics, step=step)
-        tracker.log_settings(settings, step)
-        for path in files:
-            tracker.log_artifact(path, ARTIFACT_DIR)
+        _log_all(tracker, metrics, settings, files, step)
+        if gradient_variance:
+            target = gradvar_tracker() if gradvar_tracker is not None else tracker
+            with stage(f"gradient variance of every estimator, {repeats} noise draws each", False, log):
+                gmetrics, gparams, gfiles, text = gradvar.evaluate_gradvar(model, test_x, repeats, folder,
+                                                                           progress=progress)
+            log(text)
+            # settings are params and tags, never charts (GRADVAR_CONTRACT.md); they sit with their metrics
+            _log_all(target, gmetrics, gparams, gfiles, step)
+            metrics.update(gmetrics)
     return metrics
+
+
+def _log_all(tracker: Tracker, metrics: dict[str, float], settings: dict[str, int], files: list[Path],
+             step: int) -> None:
+    tracker.log_metrics(metrics, step=step)
+    tracker.log_settings(settings, step)
+    for path in files:
+        tracker.log_artifact(path, ARTIFACT_DIR)
 
 
 def final_evaluation(model: nn.Module, variant: Any, cfg: TrainConfig, data: Any, tracker: Tracker,
@@ -155,6 +167,7 @@ def evaluate_run(args: argparse.Namespace) -> int:
     # A subset's numbers would sit under the full test set's names (test_nll, active_units): printed only, and
     # a check that logs nothing needs no hold on the run.
     lease = None if args.limit_test else Lease(client, args.run_id, "evaluating")
+    analyses: list[MlflowTracker] = []
     interrupts.set_phase(interrupts.OWNING)
     try:
         if lease is not None:
@@ -175,20 +188,45 @@ def evaluate_run(args: argparse.Namespace) -> int:
         if args.limit_test:
             print(f"--limit-test: a check on {len(test_x)} of {len(data.test_x)} test images, printed and not "
                   "logged")
+
+        def gradvar_run() -> Tracker:  # opened when the measurement starts: a crash before leaves none behind
+            if lease is None:
+                return NullTracker()
+            analyses.append(analysis_run(client, args.run_id, GRADVAR_ANALYSIS))
+            return analyses[-1]
+
         evaluate_model(model, test_x, test_y, tracker, epoch, nll_samples=args.nll_samples,
                        gradient_variance=args.gradient_variance, repeats=args.repeats,
-                       progress=not args.no_progress and sys.stderr.isatty())
+                       progress=not args.no_progress and sys.stderr.isatty(), gradvar_tracker=gradvar_run)
+        for a in analyses:
+            a.finish()
     except Exception as e:
+        _end(analyses, "FAILED")
         if not out_of_memory(e):
             raise
         raise UserError(f"evaluating run {args.run_id} ran out of memory ({first_line(e, 120)}); give a smaller "
                         "--nll-samples or --repeats, or evaluate where there is more memory") from None
     except KeyboardInterrupt as e:
         interrupts.set_phase(interrupts.ENDING)
+        _end(analyses, "KILLED")
         print(f"\n{PROG}: interrupted ({e or 'SIGINT'}); run {args.run_id} keeps what was logged before",
               file=sys.stderr)
         return 130
     finally:
         if lease is not None:
             lease.release()
+    if lease is not None:
+        exp = run.info.experiment_id
+        print(f"run {args.run_id} evaluated; {browse_hint(client, exp, args.run_id)}")
+        for a in analyses:
+            print(f"its {GRADVAR_ANALYSIS}: run {a.run_id}, {ui_address(client, exp, a.run_id)}")
     return 0
+
+
+def _end(analyses: list[MlflowTracker], status: str) -> None:
+    """End the analysis runs opened so far as ``status``, without hiding the error that ends them."""
+    for a in analyses:
+        try:
+            a.finish(status)
+        except Exception as e:  # the store itself failing: the error in hand says more
+            print(f"{PROG}: could not mark analysis run {a.run_id} {status} ({first_line(e, 120)})", file=sys.stderr)

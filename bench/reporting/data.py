@@ -47,7 +47,7 @@ FINAL_METRICS = ("test_loss", "test_kld", "test_mse", "test_nll", "active_units"
 @dataclass
 class ReportData:
     """What a report is made from. ``runs``: one row per run, with columns run_id, run_name, status,
-    experiment, failure, parent_run_id, study, sweep, role (main | trial | study), label, latent, seed,
+    experiment, failure, parent_run_id, study, sweep, role (main | trial | study | sweep), label, latent, seed,
     epochs_logged, every param (str) in ``params`` and every final metric (float) in ``metrics``.
     ``history``: run_id, metric, step, value for HISTORY_METRICS of the main runs."""
 
@@ -200,6 +200,7 @@ def tidy(raw: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
     df["role"] = "main"
     df.loc[trial, "role"] = "trial"
     df.loc[study & df["sweep"].isna(), "role"] = "study"
+    df.loc[role == "sweep", "role"] = "sweep"  # a grid sweep's parent run: no metrics of its own, never compared
     df["latent"] = _to_int(_col(df, "latent"))
     df["seed"] = _to_int(_col(df, "seed"))
     df["variant"] = _col(df, "variant").fillna(df["run_name"].fillna("?")).astype(object)

@@ -18,6 +18,8 @@ import pandas as pd
 from bench.reporting.markdown import DASH, table
 from bench.reporting.sections import FIGURES, Ctx
 from bench.reporting.stats import bootstrap_ratio, mean_se, sig2
+from bench.tracking.analyses import find_analysis_run
+from bench.tracking.names import GRADVAR_ANALYSIS
 
 CSV_ARTIFACT = "evaluation/gradvar.csv"
 CSV_COLUMNS = ["label", "estimator", "samples", "part", "batch", "variance", "snr"]
@@ -53,6 +55,14 @@ def name(label: str, samples: Any = None) -> str:
 
 
 def _read_csv(client: Any, run_id: str) -> pd.DataFrame | None:
+    """The training run's evaluation/gradvar.csv: in its analysis run "gradient variance" (bench.evaluate since
+    issue 19), else on the run itself (stores from before), else None."""
+    analysis = find_analysis_run(client, run_id, GRADVAR_ANALYSIS)
+    found = _read_csv_of(client, analysis) if analysis is not None else None
+    return found if found is not None else _read_csv_of(client, run_id)
+
+
+def _read_csv_of(client: Any, run_id: str) -> pd.DataFrame | None:
     try:
         if not any(a.path == CSV_ARTIFACT for a in client.list_artifacts(run_id, "evaluation")):
             return None

@@ -8,7 +8,10 @@ Each flag takes a comma-separated list. Every combination (a cell, bench.sweeps.
 ``bench.run`` makes it, tagged ``bench.sweep=<id>``. A cell already FINISHED in the experiment with the same
 settings (every variant axis and harness setting, ``--limit-train`` and a resumed run's epochs target included;
 the device aside) is skipped, so an interrupted sweep is resumed by calling it again; a run made by another sweep
-(or by bench.run) is reused and tagged ``bench.in_sweep.<id>``, so that ``bench.report --sweep <id>`` counts it in.
+(or by bench.run) is reused. Every run of the sweep, made or reused, carries ``bench.in_sweep.<id> = true``: the
+one filter the command prints (bench.tracking.names.sweep_filter) finds them all, in the MLflow UI and in
+mlflow.search_runs, and ``bench.report --sweep <id>`` counts them in. The runs a sweep makes sit under its parent
+run (``<id> · grid``, bench.role=sweep, kept out of reports' comparisons); a reused run keeps the parent it had.
 Processes hand the cells out through a queue of Optuna trials in a bookkeeping study (bench.sweeps.queue, where
 the states of a cell are drawn).
 """
@@ -37,8 +40,8 @@ from bench.sweeps import storage as stg
 from bench.sweeps.cells import Cell, adopt, build_cells, finished_runs, grid_hash, run_seconds
 from bench.sweeps.process import open_store_and_data, quiet_optuna
 from bench.tracking.mlflow_tracker import MlflowTracker
-from bench.tracking.names import FAILURE_TAG
-from bench.tracking.store import browse_hint, resolve_tracking_uri
+from bench.tracking.names import FAILURE_TAG, PARENT_TAG, sweep_filter
+from bench.tracking.store import browse_hint, resolve_tracking_uri, ui_address
 from bench.training.identity import run_params, run_tags
 from bench.training.lifecycle import execute
 
@@ -71,6 +74,7 @@ class GridWorker:
     data: Any
     args: argparse.Namespace
     to_run: int  # cells that were not done when this call started: the N of "run k/N"
+    parent_id: str | None = None  # the sweep's parent run
     counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     last_run: str | None = None
@@ -115,7 +119,8 @@ class GridWorker:
         self._announce(cell)
         run = MlflowTracker.start(self.client, self.experiment, cell.name,
                                   run_params(cell.variant, cell.cfg, self.data.digest),
-                                  tags=run_tags(cell.variant, self.sweep))
+                                  tags={**run_tags(cell.variant, self.sweep),
+                                        **({PARENT_TAG: self.parent_id} if self.parent_id else {})})
         self.storage.set_trial_user_attr(trial_id, workers.RUN_ATTR, run.run_id)
         run.log_dataset(DATA_NAME, self.data.digest, self.data.source, "train", self.data.test_x[:1].numpy())
         tracker = workers.LeasedTracker(run, lease)
@@ -143,8 +148,25 @@ class GridWorker:
         print(f"{cell.name}: run {run.run_id} FINISHED in {_duration(time.perf_counter() - t0)}", flush=True)
 
 
+def parent_name(sweep: str) -> str:
+    """The sweep's parent run: its id first, so that the runs table's narrow Run Name column shows what differs."""
+    return f"{sweep} · grid"
+
+
+def sweep_parent(client: MlflowClient, experiment_id: str, study: optuna.Study, created: bool, sweep: str,
+                 n_cells: int) -> str:
+    """The sweep's MLflow parent run, made once per bookkeeping study (bench.sweeps.studies.parent_run). A study
+    from before parent runs (trials queued, no parent recorded) gets one now."""
+    params = {"grid_cells": n_cells, "grid_filter": sweep_filter(sweep)}  # a param "sweep" would shadow the tag
+    note = (f"bench.grid sweep {sweep}: {n_cells} combinations. Its runs (reused ones included, which keep their "
+            f"own parent): {sweep_filter(sweep)}")
+    old = not created and studies.PARENT_ATTR not in study.user_attrs and bool(study.get_trials(deepcopy=False))
+    return studies.parent_run(client, experiment_id, study, created or old, params, note,
+                              run_name=parent_name(sweep), role="sweep")
+
+
 def open_study(args: argparse.Namespace, client: MlflowClient, sweep: str, ghash: str,
-               n_cells: int) -> tuple[str, BaseStorage, optuna.Study]:
+               n_cells: int) -> tuple[str, BaseStorage, optuna.Study, bool]:
     spec = args.storage or stg.default_storage(client.tracking_uri)
     storage = stg.open_storage(spec)
     study, created = stg.create_or_load(study_name(sweep, ghash), storage, optuna.samplers.RandomSampler(seed=0))
@@ -152,7 +174,7 @@ def open_study(args: argparse.Namespace, client: MlflowClient, sweep: str, ghash
         study.set_metric_names([METRIC])
     studies.agree_settings(study, {"kind": "grid", "about": ABOUT, "sweep": sweep, "cells": n_cells, "grid": ghash},
                            created, "use another --sweep")
-    return spec, storage, study
+    return spec, storage, study, created
 
 
 def run_grid(args: argparse.Namespace) -> int:
@@ -182,8 +204,11 @@ def run_grid(args: argparse.Namespace) -> int:
             print(f"  {cell.name}  {state}  {json.dumps(shown)}")
         return 0
     if not todo:
+        print(f"select its runs with {sweep_filter(sweep)}")
         return 0
-    spec, storage, study = open_study(args, client, sweep, ghash, len(cells))
+    spec, storage, study, created = open_study(args, client, sweep, ghash, len(cells))
+    parent_id = sweep_parent(client, experiment_id, study, created, sweep, len(cells))
+    print(f"sweep {sweep}: parent run {parent_id} at {ui_address(client, experiment_id, parent_id)}", flush=True)
     say = print if args.verbose else (lambda line: None)
     on_stale = workers.stale_trial_callback(client, say)
     workers.clean_up(client, study, storage, on_stale)
@@ -191,7 +216,7 @@ def run_grid(args: argparse.Namespace) -> int:
     if args.verbose:
         print(f"queued {queued} combinations in study {study.study_name!r}", flush=True)
     worker = GridWorker(client, experiment_id, args.experiment, study, storage, cells, sweep, data, args,
-                        len(todo) - len(given_up))
+                        len(todo) - len(given_up), parent_id=parent_id)
     status = 0
     try:
         with graceful_interrupts():
@@ -202,6 +227,7 @@ def run_grid(args: argparse.Namespace) -> int:
     finally:
         workers.clean_up(client, study, storage, on_stale)
         failures = queue.nan_failures(study.get_trials(deepcopy=False))
+        _end_parent(client, study, parent_id, interrupted=status == 130)
         stg.close_storage(storage)
     for i in given_up:
         print(f"{cells[i].name}: not run again: failed {failures[i]} times with a non-finite loss (the same "
@@ -211,7 +237,17 @@ def run_grid(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{n} {k}" for k, n in worker.counts.items()) or "nothing"
     wall = time.perf_counter() - t_start
     print(f"sweep {sweep}: this process {counts} in {_duration(wall)} ({_duration(worker.seconds)} in runs); "
-          f"select its runs with tags.`bench.sweep` = '{sweep}'")
+          f"select its runs with {sweep_filter(sweep)}")
     if worker.last_run:
         print(f"its last run here: {browse_hint(client, experiment_id, worker.last_run)}")
     return status
+
+
+def _end_parent(client: MlflowClient, study: optuna.Study, parent_id: str, interrupted: bool) -> None:
+    """The worker that leaves no cell running or waiting ends the parent run FINISHED; one interrupted while no
+    other runs a cell, KILLED. Otherwise it stays RUNNING for the workers still at it (or the next call)."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    if not trials:
+        client.set_terminated(parent_id, "FINISHED")
+    elif interrupted and not any(t.state == TrialState.RUNNING for t in trials):
+        client.set_terminated(parent_id, "KILLED")

@@ -73,13 +73,15 @@ def _usable_run(client: MlflowClient, run_id: str, experiment_id: str) -> bool:
 
 
 def parent_run(client: MlflowClient, experiment_id: str, study: optuna.Study, created: bool,
-               params: dict[str, Any], note: str, wait: float = SETTLE_SECONDS) -> str:
-    """The study's MLflow parent run: its creator makes it and records it on the study; every other worker
-    waits for that record (never makes one of its own, so a study has one parent run)."""
+               params: dict[str, Any], note: str, wait: float = SETTLE_SECONDS, run_name: str | None = None,
+               role: str = "study") -> str:
+    """The study's MLflow parent run (named ``run_name``, else the study's name; tagged bench.role=``role``): its
+    creator makes it and records it on the study; every other worker waits for that record (never makes one of
+    its own, so a study has one parent run)."""
     name = study.study_name
     if created:
-        run = client.create_run(experiment_id, run_name=name, tags={**provenance_tags(), STUDY_TAG: name,
-                                                                    ROLE_TAG: "study", NOTE_TAG: note})
+        run = client.create_run(experiment_id, run_name=run_name or name,
+                                tags={**provenance_tags(), STUDY_TAG: name, ROLE_TAG: role, NOTE_TAG: note})
         client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         study.set_user_attr(PARENT_ATTR, run.info.run_id)
         return run.info.run_id

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Param, RunStatus, RunTag
 
 from bench.tracking.mlflow_tracker import MlflowTracker
-from bench.tracking.names import ANALYSIS_OF_TAG, ANALYSIS_TAG, NOTE_TAG, OWNER_TAG, PARENT_TAG
+from bench.tracking.names import ANALYSIS_OF_TAG, ANALYSIS_TAG, MEMBER_TAG, NOTE_TAG, OWNER_TAG, PARENT_TAG
 
 NAME_SEPARATOR = " · "
 # The training run's tags an analysis run does not inherit: MLflow's bookkeeping of the parent itself (name, parent
@@ -27,7 +27,8 @@ _NOT_INHERITED = ("mlflow.runName", "mlflow.parentRunId", "mlflow.log-model.hist
 
 
 def _inherits(key: str) -> bool:
-    if key in _NOT_INHERITED or key.startswith(OWNER_TAG.format("")):
+    # Sweep memberships stay with the training run: a sweep's filter (names.sweep_filter) lists its runs only.
+    if key in _NOT_INHERITED or key.startswith((OWNER_TAG.format(""), MEMBER_TAG.format(""))):
         return False
     prefix, _, step = key.rpartition(".step")
     return not (prefix.startswith("bench.") and step.isdigit())  # SETTING_TAG: bench.<setting>.step<N>

@@ -21,11 +21,12 @@ OTHER_EXPERIMENT_NOTE = "VAE variants on MNIST trained by vae-bench (bench.run, 
 
 # Tags on runs
 SWEEP_TAG = "bench.sweep"  # runs of one grid sweep share this tag's value; reports select by it
-MEMBER_TAG = "bench.in_sweep.{}"  # "true" on a run a sweep reused (finished earlier, in another sweep or none)
+MEMBER_TAG = "bench.in_sweep.{}"  # "true" on every run of the sweep: those it made and those it reused (before
+# issue 19 only on reused ones, so readers take bench.sweep too); sweep_filter() is the one filter that finds them
 FAILURE_TAG = "bench.failure"  # why a run ended FAILED or KILLED (cleared when it is resumed)
 EPOCHS_TAG = "bench.epochs_target"  # a resumed run's new --epochs (params cannot change); reports prefer it
 STUDY_TAG = "bench.study"  # on a study's parent run and on every trial's run: the study's name
-ROLE_TAG = "bench.role"  # "study" (the parent run) or "trial"
+ROLE_TAG = "bench.role"  # "study" (a tuning study's parent run), "trial", or "sweep" (a grid sweep's parent)
 TRIAL_TAG = "bench.trial"  # the Optuna trial number of a trial's run
 PRUNED_TAG = "bench.pruned_epoch"  # the epoch at which the pruner stopped a trial
 SETTING_TAG = "bench.{}.step{}"  # the setting an evaluation at a step used, e.g. bench.nll_samples.step10 = "1000"
@@ -43,6 +44,17 @@ NLL_TAG = "bench.nll_samples"  # bench.run's --nll-samples: the final evaluation
 MODEL_EPOCH_TAG = "bench.epoch"  # on a logged model: the epoch whose parameters it holds
 ANALYSIS_TAG = "bench.analysis"  # a run nested under a training run: which analysis (bench.tracking.analyses)
 ANALYSIS_OF_TAG = "bench.analysis_of"  # on such a run: the training run's id (also mlflow.parentRunId)
+# Analyses (ANALYSIS_TAG's values; an analysis run is named "<run name> · <analysis>")
+GRADVAR_ANALYSIS = "gradient variance"  # bench.evaluate --gradient-variance
+SNR_ANALYSIS = "SNR study"  # bench.snr, and bench.run --snr-every's per-epoch curves
+
+
+
+def sweep_filter(sweep: str) -> str:
+    """The MLflow filter (runs table search box, mlflow.search_runs) of every run of a sweep, reused ones included:
+    an exact match on one tag per sweep, since a run may belong to several sweeps and LIKE has no escape for _."""
+    return f"tags.`{MEMBER_TAG.format(sweep)}` = 'true'"
+
 
 # Artifacts
 CHECKPOINT = "checkpoint/checkpoint.pt"

@@ -8,7 +8,7 @@ from typing import Any
 from bench.core.config import TrainConfig
 from bench.core.data import NAME as DATA_NAME
 from bench.errors import UserError
-from bench.tracking.names import NOTE_TAG, SWEEP_TAG
+from bench.tracking.names import MEMBER_TAG, NOTE_TAG, SWEEP_TAG
 from variants.registry import REGISTRY, Variant, get_variant
 
 
@@ -24,8 +24,9 @@ def run_params(variant: Variant, cfg: TrainConfig, data_digest: str) -> dict[str
 
 def run_tags(variant: Variant, sweep: str | None = None) -> dict[str, str]:
     tags = {NOTE_TAG: REGISTRY[variant.name].description}
-    if sweep:
+    if sweep:  # the sweep that made it, and its membership (which reused runs get too: bench.sweeps.cells.adopt)
         tags[SWEEP_TAG] = sweep
+        tags[MEMBER_TAG.format(sweep)] = "true"
     return tags
 
 

@@ -19,6 +19,7 @@ from bench.evaluate import PROG
 from bench.evaluate import main as evaluate_main
 from bench.evaluation.nll import estimate_nll
 from bench.evaluation.run_evaluation import final_evaluation, load_run_model
+from bench.tracking.analyses import find_analysis_run
 from bench.tracking.tracker import MemoryTracker
 from bench.training.loop import train
 from tests.conftest import run_cli, train_one
@@ -84,22 +85,37 @@ def test_cli_logs_into_the_run_and_leaves_its_status(trained: tuple[str, str], s
     assert m["test_nll"] != pytest.approx(estimate_nll(model, mnist.test_x, 20).nll, abs=1e-3)
     files = _artifacts(client, run_id)
     assert files >= KL_FILES | PICTURES
-    if gradvar:
-        assert {"evaluation/gradvar.csv", "evaluation/gradvar.md"} <= files
-        for est in ("sgvb_a", "sgvb_b", "score_function", "iwae", "iwae_dreg", "sgvb_a_L16", "sgvb_b_L4", "iwae_L4"):
-            assert m[f"gradvar/encoder/{est}"] > 0 and m[f"gradvar/decoder/{est}"] > 0
-            assert f"gradsnr/encoder/{est}" in m
-        assert m["gradvar/encoder/score_function"] > m["gradvar/encoder/sgvb_b"]
-        assert m["gradvar_ratio/encoder/score_function"] > 1
-        params = run.data.params  # settings are params, never metrics (GRADVAR_CONTRACT.md)
-        assert (params["gradvar_repeats"], params["gradvar_batch_size"]) == ("5", "128")
-        assert run.data.tags["bench.gradvar_repeats.step1"] == "5"  # which R each step used
-        assert not any(k.startswith("gradvar_repeats") for k in m)
-        out = capsys.readouterr().out
-        assert "score_function" in out  # the printed table
-        # Every long step says so when it starts and when it ends (issue 10); the model's epoch is named.
-        assert "gradient variance of every estimator, 5 noise draws each: done in" in out
-        assert "its model of epoch 1" in out and "results at step 1" in out
+    # The training run holds no slash-named section, so its Model metrics tab opens on its loss curves (issue 19).
+    assert not any("/" in k for k in m)
+    out = capsys.readouterr().out
+    assert "its model of epoch 1" in out and "results at step 1" in out
+    assert f"run {run_id} evaluated; browse it" in out and f"/runs/{run_id}?" in out  # the run's link
+    if not gradvar:
+        return
+    gv_id = find_analysis_run(client, run_id, "gradient variance")
+    gv = client.get_run(gv_id)  # the analysis run, nested under the training run, ended on its own
+    assert gv.info.status == "FINISHED" and gv.data.tags["mlflow.parentRunId"] == run_id
+    assert gv.info.run_name == f"{run.info.run_name} · gradient variance"
+    assert gv.data.params["variant"] == run.data.params["variant"]  # the parent's params, for filtering
+    gm = gv.data.metrics
+    assert {"evaluation/gradvar.csv", "evaluation/gradvar.md"} <= _artifacts(client, gv_id)
+    assert not {"evaluation/gradvar.csv", "evaluation/gradvar.md"} & files
+    for est in ("sgvb_a", "sgvb_b", "score_function", "iwae", "iwae_dreg", "sgvb_a_L16", "sgvb_b_L4", "iwae_L4"):
+        assert gm[f"gradvar/encoder/{est}"] > 0 and gm[f"gradvar/decoder/{est}"] > 0
+        assert f"gradsnr/encoder/{est}" in gm
+    assert gm["gradvar/encoder/score_function"] > gm["gradvar/encoder/sgvb_b"]
+    assert gm["gradvar_ratio/encoder/score_function"] > 1
+    params = gv.data.params  # settings are params, never metrics (GRADVAR_CONTRACT.md), beside their metrics
+    assert (params["gradvar_repeats"], params["gradvar_batch_size"]) == ("5", "128")
+    assert gv.data.tags["bench.gradvar_repeats.step1"] == "5"  # which R each step used
+    assert "gradvar_repeats" not in run.data.params and "bench.gradvar_repeats.step1" not in run.data.tags
+    assert not any(k.startswith("gradvar_repeats") for k in gm)
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert any("score_function" in line for line in table)  # the printed table, 100 columns wide at most
+    assert table and max(len(line) for line in table) <= 100
+    assert f"its gradient variance: run {gv_id}" in out
+    # Every long step says so when it starts and when it ends (issue 10); the model's epoch is named.
+    assert "gradient variance of every estimator, 5 noise draws each: done in" in out
 
 
 def _one_line_error(err: str) -> str:

@@ -23,9 +23,11 @@ TINY = ["--epochs", "1", "--limit-train", "100"]
 
 
 def finished_runs(tracking_uri: str) -> list:
+    """The FINISHED training runs (not the sweeps' parent runs)."""
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name("vae-bench")
-    return [] if exp is None else client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")
+    runs = [] if exp is None else client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")
+    return [r for r in runs if ROLE_TAG not in r.data.tags]
 
 
 def test_a_failed_combination_is_queued_again_by_the_next_call(tmp_path: Path, tracking_uri: str, capsys) -> None:
@@ -39,6 +41,9 @@ def test_a_failed_combination_is_queued_again_by_the_next_call(tmp_path: Path, t
     assert grid.main(args) == 1  # queued again (and fails again); the finished one is not rerun
     client = MlflowClient(tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("vae-bench").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get(ROLE_TAG) == "sweep"]  # one parent run for both calls
+    runs = [r for r in runs if r is not parent]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
     assert sorted((r.data.params["lr"], r.info.status) for r in runs) == [
         ("0.001", "FINISHED"), ("1000.0", "FAILED"), ("1000.0", "FAILED")]
     study = optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'optuna.db'}")
@@ -47,7 +52,7 @@ def test_a_failed_combination_is_queued_again_by_the_next_call(tmp_path: Path, t
                                storage=f"sqlite:///{tmp_path / 'optuna.db'}").get_trials()
     assert sorted(t.state.name for t in trials) == ["COMPLETE", "FAIL", "FAIL"]
     assert grid.main(args) == 1  # failed twice with NaN: not run a third time, and said so
-    assert len(client.search_runs([client.get_experiment_by_name("vae-bench").experiment_id])) == 3
+    assert len(client.search_runs([client.get_experiment_by_name("vae-bench").experiment_id])) == 3 + 1
     assert "failed 2 times with a non-finite loss" in capsys.readouterr().out
     assert not any(k in r.data.tags for r in runs for k in (ROLE_TAG, TRIAL_TAG))  # grid runs are not trials
 
@@ -122,3 +127,36 @@ def test_a_run_resumed_to_more_epochs_is_a_cell_of_its_new_target(tracking_uri: 
     assert "1 combinations, 0 already finished, 1 to run" in capsys.readouterr().out
     assert grid.main([*cell, "--epochs", "2"]) == 0
     assert "1 combinations, 1 already finished, 0 to run" in capsys.readouterr().out
+
+
+def test_grid_runs_sit_under_their_sweep_and_one_printed_filter_finds_reused_runs(tracking_uri: str,
+                                                                                  capsys) -> None:
+    import mlflow
+
+    common = ["--variants", "sgvb_b", "--latents", "2", *TINY, "--tracking-uri", tracking_uri]
+    filters = {}
+    for sweep, seeds in (("one", "1,2"), ("two", "2,3")):  # "two" reuses one's seed-2 run and makes seed 3
+        assert grid.main([*common, "--seeds", seeds, "--sweep", sweep]) == 0
+        out = capsys.readouterr().out
+        (line,) = [x for x in out.splitlines() if "select its runs with " in x]
+        filters[sweep] = line.split("select its runs with ", 1)[1]
+    client = MlflowClient(tracking_uri)
+    everything = client.search_runs([client.get_experiment_by_name("vae-bench").experiment_id])
+    by_name = {r.info.run_name: r for r in everything}
+    assert sorted(by_name) == ["one · grid", "sgvb_b-z2-L1-s1", "sgvb_b-z2-L1-s2", "sgvb_b-z2-L1-s3", "two · grid"]
+    one, two = by_name["one · grid"], by_name["two · grid"]
+    assert {one.info.status, two.info.status} == {"FINISHED"} and one.data.tags[ROLE_TAG] == "sweep"
+    parent_of = {n: by_name[n].data.tags.get("mlflow.parentRunId") for n in by_name}
+    assert parent_of["sgvb_b-z2-L1-s1"] == parent_of["sgvb_b-z2-L1-s2"] == one.info.run_id
+    assert parent_of["sgvb_b-z2-L1-s3"] == two.info.run_id  # the reused s2 keeps the parent that made it
+    mlflow.set_tracking_uri(tracking_uri)
+    for sweep, seeds in (("one", {"1", "2"}), ("two", {"2", "3"})):
+        found = mlflow.search_runs(search_all_experiments=True, filter_string=filters[sweep])
+        assert set(found["params.seed"]) == seeds and len(found) == 2  # exactly the sweep's runs, reused included
+        raw, _ = report_data.search(client, sweep=sweep)
+        assert set(raw["params.seed"]) == seeds and len(raw) == 2
+    data = report_data.load(client)  # the whole experiment: grid runs are compared, the parents are not
+    roles = dict(zip(data.runs["run_name"], data.runs["role"], strict=True))
+    assert roles == {"one · grid": "sweep", "two · grid": "sweep", "sgvb_b-z2-L1-s1": "main",
+                     "sgvb_b-z2-L1-s2": "main", "sgvb_b-z2-L1-s3": "main"}
+    assert len(data.finished) == 3
