@@ -30,7 +30,7 @@ from bench.core.devices import resolve_device
 from bench.core.progress import stage
 from bench.core.splits import prepare_test
 from bench.errors import UserError, first_line, out_of_memory
-from bench.evaluation import gradvar, latents
+from bench.evaluation import gradvar, latents, likelihood_study
 from bench.evaluation.nll import estimate_nll
 from bench.tracking.lookup import get_run
 from bench.tracking.mlflow_tracker import MlflowTracker
@@ -178,6 +178,8 @@ def evaluate_run(args: argparse.Namespace) -> int:
         evaluate_model(model, test_x, test_y, tracker, epoch, nll_samples=args.nll_samples,
                        gradient_variance=args.gradient_variance, repeats=args.repeats,
                        progress=not args.no_progress and sys.stderr.isatty())
+        if likelihood_study.requested(args):
+            likelihood_study.run_from_args(args, model, test_x, client, tracker, epoch, lease is not None)
     except Exception as e:
         if not out_of_memory(e):
             raise
