@@ -23,7 +23,12 @@ from bench.evaluation.ais import (
     simulate,
 )
 from bench.evaluation.gaps import elbo, gaps, optimise_q
+from bench.evaluation.quadrature import log_px_grid
 from tests.evaluation.test_nll import LinearGaussian, SmallBernoulli
+from variants.estimators import sgvb_b
+from variants.model import VAE
+
+STEPS_2D = 500
 
 
 @pytest.fixture(autouse=True)
@@ -217,3 +222,31 @@ def test_bad_settings_are_refused() -> None:
     for kw in ({"steps": 0}, {"chains": 0}, {"leapfrog": 0}, {"schedule": "cubic"}, {"start": "posterior"}):
         with pytest.raises(ValueError):
             AISSettings(**kw)
+
+
+@pytest.fixture(scope="module")
+def mnist_2d(mnist) -> tuple[VAE, Tensor]:
+    """A real 784-64-2 Bernoulli VAE, 300 Adam steps of SGVB B on 1,000 binarised MNIST images (seconds)."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    model = VAE(latent=2, hidden=64)
+    x = torch.bernoulli(mnist.train_x[:1000], generator=g)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for i in range(300):
+        batch = x[(i * 100) % 1000:(i * 100) % 1000 + 100]
+        loss = sgvb_b(model, batch, 1, g).loss.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), torch.bernoulli(mnist.test_x[:6], generator=g)
+
+
+def test_ais_matches_quadrature_on_a_2d_mnist_model(mnist_2d) -> None:
+    # The fast version of scripts/check_ais_2d.py: the grid has converged, and AIS is within 0.1 nats per image.
+    model, x = mnist_2d
+    exact = log_px_grid(model, x, n=300)
+    assert (exact - log_px_grid(model, x, n=200)).abs().max() < 1e-3
+    r = ais_log_likelihood(model, x, AISSettings(steps=STEPS_2D, chains=8))
+    d = r.log_px - exact
+    assert abs(float(d.mean())) < 0.1, d
+    assert float(d.mean()) < 3 * r.mc_stderr  # a lower bound, up to its noise
