@@ -32,7 +32,7 @@ from bench.core.devices import resolve_device
 from bench.core.progress import stage
 from bench.core.splits import prepare_test
 from bench.errors import UserError, first_line, out_of_memory
-from bench.evaluation import gradvar, latents
+from bench.evaluation import gradvar, latents, likelihood_study
 from bench.evaluation.nll import estimate_nll
 from bench.tracking.analyses import analysis_run
 from bench.tracking.lookup import get_run
@@ -200,6 +200,8 @@ def evaluate_run(args: argparse.Namespace) -> int:
                        progress=not args.no_progress and sys.stderr.isatty(), gradvar_tracker=gradvar_run)
         for a in analyses:
             a.finish()
+        if likelihood_study.requested(args):
+            likelihood_study.run_from_args(args, model, test_x, client, tracker, epoch, lease is not None)
     except Exception as e:
         _end(analyses, "FAILED")
         if not out_of_memory(e):

@@ -25,6 +25,7 @@ from bench.reporting.compute import compute_matched, trend_differences
 from bench.reporting.data import ReportData, load
 from bench.reporting.gradvar import gradient_variance
 from bench.reporting.header import header, summary
+from bench.reporting.likelihoods import likelihoods
 from bench.reporting.markdown import slug
 from bench.reporting.pairing import check_pairs, parse_pairs
 from bench.reporting.sections import FIGURES, Ctx, all_runs, configuration, failures, missing, pictures, trends, tuning
@@ -63,7 +64,8 @@ def render(data: ReportData, out: Path, date: str, figures: bool = True, baselin
         parts = [header(ctx, date), tuning(ctx)]
     else:
         parts = [header(ctx, date), summary(ctx), trends(ctx, figures), trend_differences(ctx, figures),
-                 comparisons(ctx, figures), compute_matched(ctx, figures), gradient_variance(ctx, figures),
+                 comparisons(ctx, figures), likelihoods(ctx, figures), compute_matched(ctx, figures),
+                 gradient_variance(ctx, figures),
                  anchors(ctx, figures), pictures(ctx, figures), tuning(ctx), failures(ctx), missing(ctx),
                  configuration(ctx), all_runs(ctx)]
     parts.append(ctx.tables.section())

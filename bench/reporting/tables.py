@@ -61,6 +61,10 @@ COLUMNS = {
     "test_loss_at_baseline_evaluations": "the same, at the baseline's total decoder evaluations",
     "run_id": "MLflow run id",
     "git_commit": "the run's mlflow.source.git.commit tag (the code that trained it)",
+    "slack_a": "mean test_nll − test_nll_ais (L_K − AIS: the IWAE bound's remaining slack) over variant_a's runs",
+    "slack_a_n": "runs of variant_a with both numbers",
+    "slack_b": "the same for variant_b",
+    "slack_b_n": "runs of variant_b with both numbers",
 }
 
 

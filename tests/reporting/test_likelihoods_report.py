@@ -1,0 +1,102 @@
+"""The report's Likelihoods section on the synthetic store (tests/reporting/synthetic.py) with AIS numbers on the
+training runs and gap / ladder metrics in real "likelihood" analysis runs: every interval recomputed from MLflow."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from scipy import stats as sps
+
+from bench import report
+from bench.evaluation.likelihood_study import ANALYSIS
+from bench.tracking.analyses import analysis_run
+from tests.reporting import synthetic
+
+SLACK = {"iwae_k5": 0.4, "iwae_dreg_k5": 0.05, "iwae_stl_k5": 0.4}  # L_K - AIS the store is built with
+
+
+@dataclass
+class Built:
+    uri: str
+    out: Path
+    text: str
+    values: pd.DataFrame  # variant, seed, test_nll, test_nll_ais, gaps (from MLflow, independently)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    root = tmp_path_factory.mktemp("likelihoods")
+    uri = synthetic.build(root, gradvar=False)
+    client = MlflowClient(uri)
+    rng = random.Random(1)
+    exp = client.search_experiments()[0].experiment_id
+    for r in client.search_runs([exp]):
+        v = r.data.params["variant"]
+        if v not in SLACK:
+            continue
+        ais = r.data.metrics["test_nll"] - SLACK[v] + rng.gauss(0, 0.02)
+        client.log_batch(r.info.run_id, metrics=[Metric("test_nll_ais", ais, 0, synthetic.EPOCHS),
+                                                 Metric("bdmc_gap", 0.05 + rng.random() * 0.01, 0, synthetic.EPOCHS)])
+        elbo = -r.data.metrics["test_loss"]
+        amort = 1.0 + rng.gauss(0, 0.1)
+        child = analysis_run(client, r.info.run_id, ANALYSIS)
+        child.log_metrics({"gap/amortization": amort, "gap/approximation": -ais - elbo - amort,
+                           "nll_ladder/K1": -elbo, "nll_ladder/K1000": r.data.metrics["test_nll"]},
+                          step=synthetic.EPOCHS)
+        child.finish()
+    out = root / "report"
+    assert report.main(["--tracking-uri", uri, "--sweep", synthetic.SWEEP, "--out", str(out), "--date",
+                        "2024-01-01"]) == 0
+    values = pd.DataFrame([{"run_id": r.info.run_id, "variant": r.data.params["variant"],
+                            "latent": int(r.data.params["latent"]), "seed": int(r.data.params["seed"]),
+                            **r.data.metrics} for r in client.search_runs([exp], filter_string="tags.`bench.analysis`"
+                                                                                              " IS NULL")])
+    return Built(uri, out, (out / "report.md").read_text(), values)
+
+
+def t_interval(v: np.ndarray) -> tuple[float, float, float]:
+    half = sps.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
+
+
+def test_section_table_matches_the_store(built: Built) -> None:
+    assert "## Likelihoods" in built.text
+    table = pd.read_csv(built.out / "tables" / "likelihoods.csv")
+    assert set(table["variant"]) == set(SLACK)
+    for v in SLACK:
+        got = table[(table["variant"] == v) & (table["metric"] == "test_nll_ais")].iloc[0]
+        mean, lo, hi = t_interval(built.values[built.values["variant"] == v]["test_nll_ais"].to_numpy())
+        assert got["n"] == 3 and got["mean"] == pytest.approx(mean) and got["ci_low"] == pytest.approx(lo)
+        assert got["ci_high"] == pytest.approx(hi)
+        # the analysis run's gaps are folded into the training run's row
+        assert table[(table["variant"] == v) & (table["metric"] == "gap/amortization")].iloc[0]["n"] == 3
+        assert table[(table["variant"] == v) & (table["metric"] == "nll_ladder/K1000")].iloc[0]["n"] == 3
+    assert (built.out / "figures" / "likelihood_equation.png").stat().st_size > 1000
+
+
+def test_ais_comparisons_are_seed_paired(built: Built) -> None:
+    comp = pd.read_csv(built.out / "tables" / "likelihood_ais_comparisons.csv")
+    assert len(comp) == 3 and (comp["n"] == 3).all()
+    r = comp[(comp["variant_a"] == "iwae_dreg_k5") & (comp["variant_b"] == "iwae_k5")].iloc[0]
+    v = built.values.set_index(["variant", "seed"])["test_nll_ais"]
+    d = np.array([v["iwae_k5", s] - v["iwae_dreg_k5", s] for s in (1, 2, 3)])
+    assert r["mean_diff"] == pytest.approx(d.mean())
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx(t_interval(d)[1:])
+
+
+def test_nll_differences_are_judged_against_the_slack(built: Built) -> None:
+    slack = pd.read_csv(built.out / "tables" / "likelihood_slack.csv")
+    assert len(slack) >= 3
+    for r in slack.to_dict("records"):
+        assert r["slack_a"] == pytest.approx(SLACK[r["variant_a"]], abs=0.05)
+        exceeds = abs(r["mean_diff"]) > max(r["slack_a"], r["slack_b"])
+        assert r["verdict"].startswith("exceeds") == exceeds
+    assert "remaining slack" in built.text
