@@ -8,7 +8,8 @@ normalised weights w~_k = w_k / sum_j w_j (variants.terms for the notation):
 The bound does not split into reconstruction and KL: ``recon`` is the mean -log p(x|z_k) and ``kld`` the rest,
 so loss = recon + kld = -bound. Where theta (decoder) and phi (encoder) follow different gradients, the
 ``surrogate`` adds a theta-only term (a second decoder pass at sg(z): terms.decoder_weights) and a phi-only term
-(the first pass minus its theta part); its value is set to the loss (terms.with_value).
+(the first pass minus its theta part), except DReG's, which gets both from one pass (a gradient hook on z); its
+value is set to the loss (terms.with_value).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from variants.terms import LossTerms, Weights, decoder_weights, draw, log_weights, weights, with_value
+from variants.terms import Draw, LossTerms, Weights, decoder_weights, draw, log_weights, weights, with_value
 
 
 def _lse_mean(log_w: Tensor, dim: int = 0) -> Tensor:
@@ -59,8 +60,28 @@ def iwae_dreg(model: torch.nn.Module, x: Tensor, samples: int = 1, gen: torch.Ge
         grad_phi = sum_k w~_k^2 d/dz [log p(x, z) - log q_{sg(phi)}(z|x)]_{z_k} dz_k/dphi,
 
     unbiased for grad_phi L_K (the score terms reparameterised a second time), its SNR growing with K where
-    IWAE's falls. theta's gradient is IWAE's, sum_k w~_k grad_theta log p(x|z_k)."""
+    IWAE's falls. theta's gradient is IWAE's, sum_k w~_k grad_theta log p(x|z_k).
+
+    One decoder pass: log w_k at z_k = mu + sigma * eps_k with log q at sg(mu), sg(sigma), and the surrogate
+    S = sum_k sg(w~_k) log w_k. Its theta gradient is IWAE's as it stands; its phi gradient reaches z_k as
+    w~_k d log w_k/dz, and a gradient hook on z multiplies it by w~_k once more (every op between z_k and
+    log w_k acts on sample k alone, so scaling z_k's incoming gradient scales exactly sample k's path term).
+    Only ``objective`` may be differentiated (the hook is on the shared graph). Under torch.func transforms
+    (gradvar's vmap of grad), where a tensor hook cannot be used, the two-pass form (_iwae_dreg_two_pass) runs.
+    """
     d = draw(model, x, samples, gen)
+    if not d.z.requires_grad or torch._C._are_functorch_transforms_active():
+        return _iwae_dreg_two_pass(model, d)
+    w = weights(model, d, path=True)
+    wt = torch.softmax(w.log_w.detach(), dim=0)  # [K, B], the normalised weights w~_k
+    d.z.register_hook(lambda g: g * wt.unsqueeze(-1).to(g.dtype))
+    return _terms(w, _lse_mean(w.log_w), (wt * w.log_w).sum(0))
+
+
+def _iwae_dreg_two_pass(model: torch.nn.Module, d: Draw) -> LossTerms:
+    """DReG with a second decoder pass at sg(z) for theta (the form before the hook; same gradients):
+
+        S = L_K(theta at sg(z)) + sum_k sg(w~_k^2) [log w_k - log w_k(theta at sg(z))]."""
     w = weights(model, d, path=True)
     w_theta = decoder_weights(model, d, w)
     wt2 = torch.softmax(w.log_w.detach(), dim=0).pow(2)

@@ -52,3 +52,25 @@ def test_goals_table_says_a_goal_below_the_floor_is_out_of_reach() -> None:
     assert rows["1.3x the fp32 GEMM floor"] == ["1.30", "1.20", "yes", "1.25", "yes"]
     assert rows["2.5x pythae, fp32"] == ["1.60", "1.20", "yes", "1.25", "yes"]
     assert rows["7x the seed's loop, bf16"] == ["0.51", "0.50", "yes", "0.50", "yes"]
+
+
+def test_profile_groups_every_op_and_the_shares_add_up() -> None:
+    profile_step = pytest.importorskip("profile_step")
+    assert profile_step.category("aten::mm") == "GEMM"
+    assert profile_step.category("aten::_fused_adam_") == "Adam"
+    assert profile_step.category("_BernoulliLogProb") == "likelihood"
+    assert profile_step.category("aten::_to_copy") == "casts / copies"
+    assert profile_step.category("aten::mul") == "elementwise tail"
+    assert profile_step.category("autograd::engine::evaluate_function: AddmmBackward0") == "autograd bookkeeping"
+    table = profile_step.profile_table("fp32", steps=2, top=3)
+    parts = [line.split(" | ") for line in table.splitlines() if line.endswith("% |")]
+    shares = [float(p[-1].rstrip("% |")) for p in parts]
+    assert {p[0].lstrip("| ") for p in parts} >= {"GEMM", "Adam"}
+    assert abs(sum(shares) - 100) <= len(shares)  # each share rounded to 1%
+
+
+def test_dreg_speed_times_an_epoch_of_each_contender() -> None:
+    dreg_speed = pytest.importorskip("dreg_speed")
+    x = torch.rand(256, 784)
+    for est in (dreg_speed.iwae, dreg_speed.iwae_dreg, dreg_speed.two_pass):
+        assert dreg_speed.epoch_seconds(est, x, 2, seed=0) > 0

@@ -1,0 +1,114 @@
+"""Where the seed's training step spends its time, per op (python benchmarks/profile_step.py).
+
+The harness's step on the seed's configuration (784-400-20, Bernoulli, estimator B, L = 1, batch 128, fused
+Adam), as bench.training.loop runs it: index_select of the minibatch, the estimator (under bf16 autocast for
+--precision bf16), backward of the summed objective, Adam. torch.profiler records ``--steps`` steps after a
+warm-up; ops are grouped by their self CPU time into GEMM (the matrix products), Adam (the fused update),
+the likelihood (BCE with logits and its backward), casts / copies, the elementwise tail (everything else that is
+an aten op: activations, the noise, the KL, sums) and autograd bookkeeping (what the profiler attributes to the
+autograd engine's own nodes and to no aten op). Prints one Markdown table per precision: ms per step and share.
+Shares are what to quote on a shared machine; the absolute ms move with its load.
+
+    python benchmarks/profile_step.py [--steps 100] [--threads N] [--top 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.core.data import load_mnist  # noqa: E402
+from variants import get_variant  # noqa: E402
+from variants.model import VAE  # noqa: E402
+
+BATCH = 128
+GEMM = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::_addmm_activation")
+CASTS = ("aten::to", "aten::_to_copy", "aten::copy_", "aten::empty_strided", "aten::clone", "aten::contiguous")
+
+
+def category(name: str) -> str:
+    if name in GEMM or "mkldnn" in name or "gemm" in name.lower():
+        return "GEMM"
+    if "adam" in name.lower():
+        return "Adam"
+    if "binary_cross_entropy" in name or "BinaryCrossEntropy" in name or "log_sigmoid" in name \
+            or "softplus" in name or "Likelihood" in name or "Bernoulli" in name:
+        return "likelihood"
+    if name in CASTS:
+        return "casts / copies"
+    if name == "aten::index_select":
+        return "index_select"
+    if name.startswith("aten::"):
+        return "elementwise tail"
+    return "autograd bookkeeping"
+
+
+def step_fn(precision: str) -> tuple[callable, torch.Tensor]:
+    torch.manual_seed(1)
+    model = VAE(latent=20, hidden=400)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    train_x = load_mnist().train_x
+    perm = torch.randperm(len(train_x))
+    gen = torch.Generator().manual_seed(1)
+    variant = get_variant("sgvb_b")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    state = {"i": 0}
+
+    def step() -> None:
+        i = state["i"] % (len(train_x) - BATCH)
+        state["i"] += BATCH
+        xb = train_x.index_select(0, perm[i:i + BATCH])
+        with autocast:
+            terms = variant.estimate(model, xb, gen)
+        opt.zero_grad(set_to_none=True)
+        terms.objective.sum().backward()
+        opt.step()
+
+    return step, train_x
+
+
+def profile_table(precision: str, steps: int, top: int) -> str:
+    step, _ = step_fn(precision)
+    for _ in range(20):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = prof.key_averages()
+    total_ms = sum(e.self_cpu_time_total for e in events) / 1e3 / steps
+    cats: dict[str, float] = defaultdict(float)
+    for e in events:
+        cats[category(e.key)] += e.self_cpu_time_total / 1e3 / steps
+    lines = [f"### {precision}: {total_ms:.2f} ms of self CPU time per step ({steps} steps, "
+             f"{torch.get_num_threads()} threads)", "", "| part | ms / step | share |", "| --- | --- | --- |"]
+    for c, ms in sorted(cats.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {c} | {ms:.3f} | {ms / total_ms:.0%} |")
+    lines += ["", "| op (top by self CPU) | part | ms / step | calls / step |", "| --- | --- | --- | --- |"]
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]:
+        lines.append(f"| {e.key} | {category(e.key)} | {e.self_cpu_time_total / 1e3 / steps:.3f} | "
+                     f"{e.count / steps:g} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--top", type=int, default=12)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for precision in ("fp32", "bf16"):
+        print(profile_table(precision, args.steps, args.top), end="\n\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()
