@@ -7,7 +7,7 @@ sgvb_b at a base configuration with seeds 1 and 2, and again with one training s
 (not the report's code), that the two runs of every pair share a seed and differ in nothing but the params of the
 compared axis.
 
-    python scripts/check_pairing.py [--root DIR] [--reuse]     # 20 runs, ~15 min on 2 busy cores (--reuse: none)
+    python scripts/check_pairing.py [--root DIR] [--reuse]     # 20 runs, ~20 min on 2 busy cores (--reuse: none)
 
 Prints the rows checked and each offending pair; exits 1 if any.
 """
