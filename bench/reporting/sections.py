@@ -243,8 +243,9 @@ def failures(ctx: Ctx) -> list[str]:
 
 def missing(ctx: Ctx) -> list[str]:
     rows = []
-    for _, r in ctx.fin.iterrows():
-        absent = [m for m in CORE_METRICS if m not in r or pd.isna(r[m])]
+    stale_keys = set(zip(ctx.data.stale["run_id"], ctx.data.stale["metric"], strict=True))
+    for _, r in ctx.fin.iterrows():  # a stale value is not missing: the next section lists it
+        absent = [m for m in CORE_METRICS if (m not in r or pd.isna(r[m])) and (r["run_id"], m) not in stale_keys]
         target = num(r.get("epochs"))
         short = target is not None and r["epochs_logged"] < target
         if absent or short:

@@ -168,6 +168,10 @@ def test_finished_run_with_missing_metrics_is_reported_as_such(store: Store) -> 
     (summary,) = [r for r in rows(section(store.text, "Summary"), "sgvb_b") if r["z"] == "2"]
     assert summary["test KL"].endswith("(2 of 3 runs)")  # the run without test_kld counts, as missing
     assert summary["epochs"] == "1–2"
+    # Its test_loss is of epoch 1 of 2: not missing, but listed as not re-evaluated at the final epoch.
+    (st,) = rows(section(store.text, "Metrics not re-evaluated at the final epoch"),
+                 f"sgvb_b-z2-L1-s3 (`{store.missing_id[:8]}`)")
+    assert (st["metric"], st["not re-evaluated at epoch"], st["latest value from epoch"]) == ("test_loss", "2", "1")
 
 
 def test_same_store_gives_the_same_report(store: Store, tmp_path: Path) -> None:
