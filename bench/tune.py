@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between a worker's beats: a worker that cannot be checked otherwise (another "
                         "machine) and has not beaten for 2 x SEC is taken as lost, its trial queued again (10)")
     p.add_argument("--verbose", action="store_true", help="also print lost workers and this worker's overhead")
-    add_common(p, experiment=DEFAULT_EXPERIMENT)
+    add_common(p, experiment=DEFAULT_EXPERIMENT, progress=True)
     return p
 
 

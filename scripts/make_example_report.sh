@@ -94,6 +94,12 @@ uri, sweep, seeds = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
 variants = set(filter(None, sys.argv[4].split(",")))
 mlflow.set_tracking_uri(uri)
 runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`bench.sweep` = '{sweep}'")
+# Analysis runs (bench.analysis) carry their training run's tags: never evaluated themselves; a training run whose
+# "gradient variance" analysis run holds the metrics is measured already.
+kind = runs["tags.bench.analysis"] if "tags.bench.analysis" in runs else runs["run_id"].map(lambda _: None)
+done = runs[(kind == "gradient variance") & runs.get("metrics.gradvar/encoder/sgvb_b", kind).notna()]
+measured = set(done["tags.bench.analysis_of"]) if len(done) else set()
+runs = runs[kind.isna() & ~runs["run_id"].isin(measured)]
 for _, r in runs.sort_values("tags.mlflow.runName").iterrows():
     if (r["status"] == "FINISHED" and r["params.seed"] in seeds
             and (not variants or r["params.variant"] in variants)
@@ -121,6 +127,8 @@ import mlflow
 uri, sweep, latents, k = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4]
 mlflow.set_tracking_uri(uri)
 runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`bench.sweep` = '{sweep}'")
+if "tags.bench.analysis" in runs:  # analysis runs carry their training run's tags but have no model
+    runs = runs[runs["tags.bench.analysis"].isna()]
 for _, r in runs.sort_values("tags.mlflow.runName").iterrows():
     # the K of the run's latest test_nll: the last entry of its NLL tag at the last epoch (bench.reporting.data)
     used = str(r.get(f"tags.bench.nll_samples.step{r['params.epochs']}")).split(",")[-1]

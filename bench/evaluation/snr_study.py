@@ -1,6 +1,8 @@
-"""python -m bench.snr: the SNR study (bench.evaluation.snr) at a tracked run's parameters, logged into that run.
+"""python -m bench.snr: the SNR study (bench.evaluation.snr) at a tracked run's parameters, logged into the run's
+analysis run "SNR study" (bench.tracking.analyses: nested under it, so that its Model metrics tab keeps opening on
+the loss curves; the training run itself is not written, its status stays as it was).
 
-Logged (the run's status stays as it was): metrics at the run's last epoch, snr/<part>/<estimator>/K<k> and
+Logged: metrics at the run's last epoch, snr/<part>/<estimator>/K<k> and
 snr/norm/..., the slopes snr/slope[_tail][_low|_high]/<part>/<estimator>; params snr_images (M), snr_repeats (R),
 snr_k_grid, snr_seed; artifacts snr/snr.csv (every K, every jackknife replicate), snr/slopes.csv, snr/snr.md (the
 slopes beside the papers' predictions) and snr/snr_vs_k.png. ``--out DIR`` also writes those files to DIR.
@@ -18,7 +20,8 @@ from pathlib import Path
 from bench.errors import UserError
 from bench.evaluation import snr
 from bench.evaluation.run_evaluation import open_run
-from bench.tracking.mlflow_tracker import MlflowTracker
+from bench.tracking.analyses import analysis_run, find_analysis_run
+from bench.tracking.names import SNR_ANALYSIS
 
 PROG = "python -m bench.snr"
 ARTIFACT_DIR = "snr"
@@ -38,7 +41,9 @@ def study_run(args: argparse.Namespace) -> int:
         raise UserError(f"--k-grid needs at least two values of K to fit a slope, got {args.k_grid}")
     client, run, model, _, test_x = open_run(args.tracking_uri, args.run_id, args.device, args.data_dir)
     params = settings_params(args.images, args.repeats, ks, args.seed)
-    have = {k: run.data.params[k] for k in params if k in run.data.params}
+    existing = find_analysis_run(client, args.run_id, SNR_ANALYSIS)
+    held = client.get_run(existing).data.params if existing else run.data.params  # a study from before: the run's
+    have = {k: held[k] for k in params if k in held}
     if any(have[k] != params[k] for k in have):
         raise UserError(f"run {args.run_id} already holds an SNR study with other settings ({have}); "
                         "MLflow params cannot change: study a copy of the run, or repeat those settings")
@@ -60,8 +65,7 @@ def study_run(args: argparse.Namespace) -> int:
                 f"R = {args.repeats} draws per estimator and K, K in {{{', '.join(map(str, ks))}}}, seed {args.seed}; "
                 f"at the parameters after epoch {step}. {seconds:.0f} s.")
     text = snr.markdown(fits, where, settings)
-    status = run.info.status
-    tracker = MlflowTracker(client, args.run_id)
+    tracker = analysis_run(client, args.run_id, SNR_ANALYSIS)
     try:
         with tempfile.TemporaryDirectory(prefix="vae-bench-snr-") as tmp:
             folder = Path(tmp)
@@ -79,11 +83,13 @@ def study_run(args: argparse.Namespace) -> int:
                 out.mkdir(parents=True, exist_ok=True)
                 for f in files:
                     shutil.copy(f, out / f.name)
-    finally:
-        if client.get_run(args.run_id).info.status != status:
-            client.update_run(args.run_id, status=status)
+    except BaseException as e:
+        tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.finish()
     print(text)
-    print(f"{seconds:.0f} s; logged to run {args.run_id} under snr/")
+    print(f"{seconds:.0f} s; logged to run {tracker.run_id} ({run.info.run_name} · {SNR_ANALYSIS}, nested under run "
+          f"{args.run_id}) under snr/")
     return 0
 
 

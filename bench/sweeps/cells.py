@@ -15,7 +15,7 @@ from mlflow.entities import Run
 from bench.core.config import TrainConfig
 from bench.errors import UserError
 from bench.tracking.mlflow_tracker import param_value
-from bench.tracking.names import EPOCHS_TAG, MEMBER_TAG
+from bench.tracking.names import ANALYSIS_TAG, EPOCHS_TAG, MEMBER_TAG
 from bench.training.identity import run_name, run_params
 from variants.registry import Variant, get_variant
 
@@ -84,6 +84,8 @@ def finished_runs(client: MlflowClient, experiment_id: str, cells: list[Cell]) -
             page = client.search_runs([experiment_id], f"attributes.status = 'FINISHED' and params.variant = "
                                       f"'{name}'", max_results=1000, page_token=token)
             for run in page:
+                if ANALYSIS_TAG in run.data.tags:  # an analysis run has its training run's params, not a model
+                    continue
                 rp = trained_params(run)
                 for i in by_key.get((rp.get("variant"), rp.get("latent"), rp.get("seed")), []):
                     if i not in done and cells[i].matches(rp):

@@ -110,6 +110,15 @@ class TrialTracker:
         pass
 
 
+def eta(elapsed: float, done: int, total: int) -> str:
+    """The time left for ``total - done`` trials at the mean duration of the ``done`` so far (pruned trials are
+    shorter, so it is an upper bound early in a study that prunes)."""
+    if done == 0:
+        return "ETA after the first trial"
+    left = elapsed / done * (total - done)
+    return f"ETA {left / 60:.1f} min" if left >= 90 else f"ETA {left:.0f} s"
+
+
 @dataclasses.dataclass
 class Worker:
     """One bench.tune process: its study, its MLflow parent run, and its trials (ask, train, tell)."""
@@ -126,15 +135,18 @@ class Worker:
     on_stale: workers.StaleCallback
     times: dict[str, float] = dataclasses.field(default_factory=dict)
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    progress: bool = False  # each trial's training progress bar (bench.run's), on a terminal
 
     def run_trials(self, n: int, timeout: float | None) -> None:
         """Up to ``n`` trials (a retry queued for a lost worker first, else a new point from the sampler); no new
         trial after ``timeout`` seconds."""
         study_id = self.storage.get_study_id_from_name(self.study.study_name)
-        deadline = time.monotonic() + timeout if timeout else None
+        started = time.monotonic()
+        deadline = started + timeout if timeout else None
         for k in range(1, n + 1):
             if deadline is not None and time.monotonic() > deadline:
                 break
+            print(f"trial {k}/{n} of this worker ({eta(time.monotonic() - started, k - 1, n)})", flush=True)
             trial = self.study.ask()
             trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             t0 = time.perf_counter()
@@ -159,7 +171,7 @@ class Worker:
         tracker = TrialTracker(leased, trial, cfg.epochs, self.times)
         try:
             with stopwatch(self.times, "train"):
-                result = train(variant, cfg, self.data, tracker,
+                result = train(variant, cfg, self.data, tracker, progress=self.progress,
                                log=lambda line: print(f"trial {trial.number} {line}", flush=True))
             value = result.history[-1][OBJECTIVE]
             leased.value = lambda: value
@@ -239,7 +251,7 @@ def tune(args: argparse.Namespace) -> int:
     print(f"study {name} ({'created' if created else 'joined'}) on {redact(spec)}; parent run {parent_id} "
           f"at {ui_address(client, experiment_id, parent_id)}", flush=True)
     worker = Worker(client, args.experiment, study, storage, parent_id, variant, cfg, data, args.heartbeat,
-                    on_stale)
+                    on_stale, progress=not args.no_progress and sys.stderr.isatty())
     workers.clean_up(client, study, storage, on_stale)
     status = 0
     try:

@@ -17,6 +17,7 @@ from bench.cli import main_guard
 from bench.evaluation import snr
 from bench.snr import PROG
 from bench.snr import main as snr_main
+from bench.tracking.analyses import find_analysis_run
 from tests.conftest import train_one
 from variants.model import VAE
 
@@ -86,8 +87,11 @@ def test_bench_snr_logs_the_study_into_the_run(run_with_snr: tuple[str, str], tm
     argv = ["--run-id", run_id, "--tracking-uri", uri, "--images", "2", "--repeats", "10", "--k-grid", "1,4,16",
             "--device", "cpu", "--out", str(tmp_path / "out")]
     assert snr_main(argv) == 0
+    assert client.get_run(run_id).info.status == status
+    assert not any(k.startswith("snr/") and "/train/" not in k for k in client.get_run(run_id).data.metrics)
+    run_id = find_analysis_run(client, run_id, "SNR study")  # the study sits in the analysis run nested under it
     run = client.get_run(run_id)
-    assert run.info.status == status
+    assert run.info.status == "FINISHED" and run.data.tags["bench.analysis"] == "SNR study"
     assert (run.data.params["snr_images"], run.data.params["snr_repeats"], run.data.params["snr_k_grid"]) == (
         "2", "10", "1,4,16")
     m = run.data.metrics

@@ -4,6 +4,7 @@ pruning, failures, concurrent workers, and workers killed mid-trial."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,9 +62,13 @@ def test_search_space_is_declared_per_variant() -> None:
 
 
 def test_five_trial_study_nests_its_runs_under_one_parent(tmp_path: Path, tracking_uri: str, capsys) -> None:
-    assert tune.main([*SMALL, "--trials", "5", "--prune-after", "2", "--tracking-uri", tracking_uri]) == 0
+    assert tune.main([*SMALL, "--trials", "5", "--prune-after", "2", "--tracking-uri", tracking_uri,
+                      "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "trial 4 (5/5): " in out and "; best val_loss " in out
+    # k/N with an ETA before each trial: none before the first (no duration yet), seconds after
+    assert "trial 1/5 of this worker (ETA after the first trial)" in out
+    assert re.search(r"trial 5/5 of this worker \(ETA \d+ s\)", out), out
     assert "in the training loop" not in out  # the overhead line is for --verbose
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"  # the default: beside the MLflow store
     study = optuna.load_study(study_name="tune-sgvb_b-z5-e2-n200", storage=storage)

@@ -11,7 +11,8 @@ from bench.tracking.names import ANALYSIS_OF_TAG, ANALYSIS_TAG, OWNER_TAG, PAREN
 
 def test_an_analysis_run_is_nested_inherits_params_and_is_reused(tracking_uri: str) -> None:
     client = MlflowClient(tracking_uri)
-    tags = {"bench.sweep": "s1", OWNER_TAG.format("abc"): "x", "bench.nll_samples.step5": "9"}
+    tags = {"bench.sweep": "s1", OWNER_TAG.format("abc"): "x", "bench.nll_samples.step5": "9",
+            "bench.in_sweep.s1": "true"}
     parent = MlflowTracker.start(client, "vae-bench", "sgvb_b-z20-L1-s1", {"variant": "sgvb_b", "latent": 20}, tags)
     parent.finish()
     first = analysis_run(client, parent.run_id, "gradient variance")
@@ -21,6 +22,7 @@ def test_an_analysis_run_is_nested_inherits_params_and_is_reused(tracking_uri: s
     assert run.data.tags[PARENT_TAG] == parent.run_id and run.data.tags[ANALYSIS_OF_TAG] == parent.run_id
     assert run.data.tags[ANALYSIS_TAG] == "gradient variance" and run.data.tags["bench.sweep"] == "s1"
     assert OWNER_TAG.format("abc") not in run.data.tags and "bench.nll_samples.step5" not in run.data.tags
+    assert "bench.in_sweep.s1" not in run.data.tags  # a sweep's printed filter lists its training runs only
     first.finish()
     again = analysis_run(client, parent.run_id, "gradient variance")
     assert again.run_id == first.run_id and client.get_run(again.run_id).info.status == "RUNNING"
