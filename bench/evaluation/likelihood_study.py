@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 from torch import Tensor, nn
 
+from bench.core import interrupts
 from bench.evaluation import gaps as gaps_mod
 from bench.evaluation.ais import AISSettings, ais_log_likelihood, bdmc
 from bench.evaluation.nll import iwae_log_likelihood
@@ -68,10 +69,12 @@ def evaluate_likelihoods(model: nn.Module, test_x: Tensor, opts: LikelihoodOptio
     n = len(x)
     main: dict[str, float] = {}
     extra: dict[str, float] = {}
-    tracker.log_settings(opts.settings(), step)
+    with interrupts.critical():
+        tracker.log_settings(opts.settings(), step)
     ais = ais_log_likelihood(model, x, opts.ais, progress=progress, desc="AIS on the test images")
     main.update(test_nll_ais=ais.nll, test_nll_ais_stderr=ais.stderr, test_nll_ais_mc_stderr=ais.mc_stderr)
-    tracker.log_metrics(dict(main), step=step)
+    with interrupts.critical():
+        tracker.log_metrics(dict(main), step=step)
     log(f"test NLL by AIS {ais.nll:.3f} +- {ais.stderr:.3f} nats over {n} images (estimator noise "
         f"{ais.mc_stderr:.3f}; T={opts.ais.steps}, C={opts.ais.chains}, acceptance {ais.accept:.2f})")
     per_image = pd.DataFrame({"image": range(n), "log_px_ais": ais.log_px.numpy(),
@@ -81,18 +84,22 @@ def evaluate_likelihoods(model: nn.Module, test_x: Tensor, opts: LikelihoodOptio
         b = bdmc(model, opts.bdmc_images, opts.ais, progress=progress, device=x.device)
         m = {"bdmc_gap": b.gap, "bdmc_gap_stderr": b.gap_stderr}
         main.update(m)
-        tracker.log_metrics(m, step=step)
+        with interrupts.critical():
+            tracker.log_metrics(m, step=step)
         bdmc_table = pd.DataFrame({"image": range(len(b.lower)), "lower": b.lower.numpy(), "upper": b.upper.numpy()})
         log(f"BDMC gap {b.gap:.3f} +- {b.gap_stderr:.3f} nats per image on {len(b.lower)} simulated images "
             "(upper - lower bound on log p(x) at these AIS settings)")
-    run = analysis() if analysis is not None else None  # None: a --limit-test check, printed only
+    with interrupts.critical():  # a signal while the analysis run is made waits: it is then ended KILLED below
+        run = analysis() if analysis is not None else None  # None: a --limit-test check, printed only
     child: Tracker = run if run is not None else NullTracker()
     try:
-        child.log_settings(opts.settings(), step)
+        with interrupts.critical():
+            child.log_settings(opts.settings(), step)
         if opts.gaps:
             g = gaps_mod.gaps(model, x, ais.log_px, steps=opts.gap_steps, progress=progress)
             extra.update(g.metrics())
-            child.log_metrics(g.metrics(), step=step)
+            with interrupts.critical():  # never a write to the store cut in half
+                child.log_metrics(g.metrics(), step=step)
             per_image["elbo_encoder"] = g.elbo_encoder.numpy()
             per_image["elbo_optimised"] = g.elbo_optimised.numpy()
             log(f"gaps: amortization {extra['gap/amortization']:.3f} +- {extra['gap/amortization_stderr']:.3f}, "
@@ -103,10 +110,11 @@ def evaluate_likelihoods(model: nn.Module, test_x: Tensor, opts: LikelihoodOptio
             mean, se = _mean_se(lk)
             m = {f"nll_ladder/K{k}": -mean, f"nll_ladder/K{k}_stderr": se}
             extra.update(m)
-            child.log_metrics(m, step=step)
+            with interrupts.critical():
+                child.log_metrics(m, step=step)
             per_image[f"L_K{k}"] = lk.cpu().numpy()
             log(f"NLL ladder K={k}: {-mean:.3f} +- {se:.3f} (AIS - L_K {float((ais.log_px - lk.cpu()).mean()):+.3f})")
-        with tempfile.TemporaryDirectory(prefix="vae-bench-likelihood-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="vae-bench-likelihood-") as tmp, interrupts.critical():
             path = Path(tmp) / "per_image.csv"
             per_image.to_csv(path, index=False)
             child.log_artifact(path, ARTIFACT_DIR)
@@ -115,14 +123,17 @@ def evaluate_likelihoods(model: nn.Module, test_x: Tensor, opts: LikelihoodOptio
                 child.log_artifact(Path(tmp) / "bdmc.csv", ARTIFACT_DIR)
     except KeyboardInterrupt:
         if run is not None:
-            run.finish("KILLED")
+            with interrupts.critical():
+                run.finish("KILLED")
         raise
     except BaseException:
         if run is not None:
-            run.finish("FAILED")
+            with interrupts.critical():
+                run.finish("FAILED")
         raise
     if run is not None:
-        run.finish()
+        with interrupts.critical():
+            run.finish()
     return {**main, **extra}
 
 
