@@ -31,15 +31,19 @@ delta = 4: small steps near both ends, where log f_t changes fastest.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from variants.terms import LOG_2PI, log_normal_std
+
+_T = TypeVar("_T")
 
 AIS_SEED = 6000  # fixed noise: the same model and images give the same test_nll_ais
 DEFAULT_STEPS = 1000
@@ -248,19 +252,35 @@ def _blocks(n: int, chains: int) -> list[tuple[int, int]]:
     return [(i, min(n, i + per)) for i in range(0, n, per)]
 
 
+
+def restores_grad_flags(fn: Callable[..., _T]) -> Callable[..., _T]:
+    """Run ``fn(model, ...)`` with the model's parameters frozen (these computations need gradients in z or in
+    q's parameters only) and give each parameter back its requires_grad afterwards, whatever happens."""
+    @functools.wraps(fn)
+    def wrapper(model: nn.Module, *args: Any, **kwargs: Any) -> _T:
+        flags = [p.requires_grad for p in model.parameters()]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        try:
+            return fn(model, *args, **kwargs)
+        finally:
+            for p, flag in zip(model.parameters(), flags, strict=True):
+                p.requires_grad_(flag)
+    return wrapper
+
+
 def _gen(device: torch.device, seed: int, block: int) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(seed * 1_000_003 + block)
     return g
 
 
+@restores_grad_flags
 def ais_log_likelihood(model: nn.Module, x: Tensor, settings: AISSettings, progress: bool = False,
                        desc: str = "AIS") -> AISResult:
     """Forward AIS on every image of x [N, D], in blocks of images x chains; noise fixed by settings.seed per
     block. Ctrl-C raises KeyboardInterrupt between transitions (the caller records the run as it was)."""
     model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
     out, var, acc = [], [], 0.0
     blocks = _blocks(len(x), settings.chains)
     with tqdm(total=len(blocks) * settings.steps, desc=f"{desc} (T={settings.steps}, C={settings.chains})",
@@ -306,6 +326,7 @@ class BDMCResult:
         return float(d.std() / math.sqrt(len(d))) if len(d) > 1 else float("nan")
 
 
+@restores_grad_flags
 def bdmc(model: nn.Module, images: int, settings: AISSettings, progress: bool = False,
          device: torch.device | None = None, x: Tensor | None = None, z: Tensor | None = None) -> BDMCResult:
     """Forward and reverse AIS on ``images`` simulated images (or on given (x, z), z an exact posterior sample).
@@ -315,8 +336,6 @@ def bdmc(model: nn.Module, images: int, settings: AISSettings, progress: bool = 
     if x is None:
         z, x = simulate(model, images, _gen(device, settings.seed, 999_999), device)
     model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
     lower, upper = [], []
     blocks = _blocks(len(x), settings.chains)
     with tqdm(total=2 * len(blocks) * settings.steps, desc=f"BDMC (T={settings.steps}, C={settings.chains})",

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from bench.evaluation.ais import restores_grad_flags
 from variants.terms import analytic_kl
 
 GAP_SEED = 7000
@@ -51,13 +52,12 @@ def elbo(model: nn.Module, x: Tensor, mu: Tensor, logvar: Tensor, samples: int, 
     return mean - analytic_kl(mu.double(), logvar.double()), var
 
 
+@restores_grad_flags
 def optimise_q(model: nn.Module, x: Tensor, mu: Tensor, logvar: Tensor, steps: int = OPT_STEPS,
                samples: int = OPT_SAMPLES, lr: float = OPT_LR, gen: torch.Generator | None = None,
                progress: bool = False) -> tuple[Tensor, Tensor]:
     """q* = argmax ELBO over a diagonal Gaussian per image, from (mu, logvar), by Adam with a learning rate decaying
     linearly to 0: (mu*, logvar*)."""
-    for p in model.parameters():
-        p.requires_grad_(False)
     m = mu.detach().clone().requires_grad_(True)
     lv = logvar.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([m, lv], lr=lr)

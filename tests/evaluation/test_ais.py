@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from bench.evaluation.ais import (
     AISSettings,
@@ -269,3 +269,25 @@ def test_ais_on_a_gaussian_decoder_vae_runs_and_bdmc_brackets_it() -> None:
     r = bdmc(model, 8, AISSettings(steps=200, chains=4), x=x, z=z)
     lower, upper = float((r.lower - truth).mean()), float((r.upper - truth).mean())
     assert -0.3 < lower < 0.05 and -0.05 < upper < 0.3, (lower, upper)
+
+
+def test_ais_and_q_star_give_the_models_parameters_their_requires_grad_back() -> None:
+    from bench.evaluation.ais import restores_grad_flags
+
+    model = nn.Linear(3, 2)
+    model.bias.requires_grad_(False)
+
+    @restores_grad_flags
+    def inside(m: nn.Module) -> list[bool]:
+        return [p.requires_grad for p in m.parameters()]
+
+    assert inside(model) == [False, False]
+    assert [p.requires_grad for p in model.parameters()] == [True, False]
+
+    @restores_grad_flags
+    def fails(m: nn.Module) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fails(model)
+    assert [p.requires_grad for p in model.parameters()] == [True, False]
