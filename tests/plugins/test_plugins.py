@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from bench.tracking.analyses import find_analysis_run
+from bench.tracking.names import SNR_ANALYSIS
 from tests.conftest import REPO, copy_store, run_cli
 
 DOC = REPO / "docs" / "plugins.md"
@@ -95,7 +97,8 @@ def test_a_plugin_variant_runs_through_every_command(plugin_path: str, tmp_path:
                 "--device", "cpu", "--no-progress", env=env))
     _ok(_run("bench.snr", "--run-id", runs["renyi_laplace"].info.run_id, "--tracking-uri", uri, "--images", "2",
                 "--repeats", "10", "--k-grid", "1,3", "--device", "cpu", env=env))
-    assert "snr/slope/encoder/iwae" in client.get_run(runs["renyi_laplace"].info.run_id).data.metrics
+    snr_run = find_analysis_run(client, runs["renyi_laplace"].info.run_id, SNR_ANALYSIS)  # the study's own run
+    assert snr_run is not None and "snr/slope/encoder/iwae" in client.get_run(snr_run).data.metrics
     _ok(_run("bench.grid", "--variants", "renyi_a05_k5", "--latents", "2", "--epochs", "1", "--limit-train", "200",
                 "--seeds", "1,2", "--device", "cpu", "--tracking-uri", uri, "--sweep", "plug", "--no-progress",
                 env=env))

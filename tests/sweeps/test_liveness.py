@@ -21,11 +21,17 @@ from bench import grid
 from bench.core.processes import ME
 from bench.sweeps import storage as stg
 from bench.sweeps import workers
-from bench.tracking.names import FAILURE_TAG
+from bench.tracking.names import FAILURE_TAG, ROLE_TAG
 from tests.conftest import REPO
 
 SLOW_CELL = ["--variants", "sgvb_b", "--latents", "2", "--epochs", "4", "--limit-train", "20000", "--batch-size", "32",
              "--heartbeat", "1", "--no-progress"]
+
+
+def training_runs(client: MlflowClient) -> list:
+    """The grid's training runs (not the sweep's parent run, which bench.grid makes too)."""
+    runs = client.search_runs([client.get_experiment_by_name("vae-bench").experiment_id])
+    return [r for r in runs if ROLE_TAG not in r.data.tags]
 
 
 def _only_study(journal: Path) -> optuna.Study:
@@ -116,7 +122,7 @@ def test_a_paused_worker_in_another_pid_namespace_loses_its_cell_and_ends_cleanl
     assert "its trial was taken from this worker" in out
 
     client = MlflowClient(tracking_uri)
-    runs = client.search_runs([client.get_experiment_by_name("vae-bench").experiment_id])
+    runs = training_runs(client)
     by_id = {r.info.run_id: r for r in runs}
     assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]  # the cell FINISHED once
     lost = by_id[first.user_attrs[workers.RUN_ATTR]]
@@ -142,6 +148,6 @@ def test_a_paused_worker_that_can_be_checked_keeps_its_cell(tmp_path: Path, trac
     out = paused.communicate(timeout=300)[0]
     assert paused.returncode == 0, out
     client = MlflowClient(tracking_uri)
-    runs = client.search_runs([client.get_experiment_by_name("vae-bench").experiment_id])
+    runs = training_runs(client)
     assert [r.info.status for r in runs] == ["FINISHED"]
     assert [t.state for t in _only_study(journal).get_trials()] == [TrialState.COMPLETE]
