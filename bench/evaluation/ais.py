@@ -199,7 +199,7 @@ def run_ais(model: nn.Module, x: Tensor, settings: AISSettings, gen: torch.Gener
     order = range(settings.steps, 0, -1) if reverse else range(1, settings.steps + 1)
     beta = betas[-1] if reverse else 0.0
     state = evaluate(target, z)
-    accepted = 0.0
+    accepted = torch.zeros((), device=x.device)  # summed on the device: no sync per transition
     for t in order:
         nxt = betas[t - 1] if reverse else betas[t]
         log_w += (nxt - beta) * state.diff.double()  # log f_next(z) - log f_now(z)
@@ -207,10 +207,10 @@ def run_ais(model: nn.Module, x: Tensor, settings: AISSettings, gen: torch.Gener
         state, acc = hmc_step(target, state, beta, eps, settings.leapfrog, gen)
         rate = acc.float().mean(1)[:, None, None]  # per image, over its chains
         eps = torch.where(rate > TARGET_ACCEPT, eps * 1.02, eps * 0.98).clamp(1e-4, 1.0)
-        accepted += float(acc.float().mean())
+        accepted += acc.float().mean()
         if tick is not None:
             tick(1)
-    return Chains(log_w=log_w, accept=accepted / settings.steps)
+    return Chains(log_w=log_w, accept=float(accepted) / settings.steps)
 
 
 def log_mean_exp(log_w: Tensor) -> Tensor:
