@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bench import progs
 from bench.core import interrupts
 from bench.core.config import TrainConfig
 from bench.core.data import load_mnist, loading_mnist
@@ -42,7 +43,7 @@ from bench.tracking.ownership import Lease
 from bench.tracking.store import browse_hint, fluent_tracking_uri, open_store, ui_address
 from bench.tracking.tracker import NullTracker, Tracker
 
-PROG = "python -m bench.evaluate"
+PROG = progs.EVALUATE
 ARTIFACT_DIR = "evaluation"
 DEFAULT_NLL_SAMPLES = 1000  # the CLI's default; bench.run's --nll-samples defaults to 0 (off)
 

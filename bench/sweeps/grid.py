@@ -31,6 +31,7 @@ from mlflow import MlflowClient
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from bench import progs
 from bench.core.data import NAME as DATA_NAME
 from bench.core.devices import resolve_device
 from bench.core.interrupts import graceful_interrupts
@@ -45,7 +46,7 @@ from bench.tracking.store import browse_hint, resolve_tracking_uri, ui_address
 from bench.training.identity import run_params, run_tags
 from bench.training.lifecycle import execute
 
-PROG = "python -m bench.grid"
+PROG = progs.GRID
 # The bookkeeping study's trial value: how long the cell's run took (never a test metric). optuna-dashboard 0.21
 # lists every study of the storage (storage.get_all_studies) and shows a "Best Trial" card for any COMPLETE trial
 # (storage.get_best_trial), with no attribute to turn either off: the objective's name says what the "best" is.

@@ -28,6 +28,7 @@ from mlflow.entities import Metric
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
+from bench import progs
 from bench.core.config import TrainConfig
 from bench.core.data import NAME as DATA_NAME
 from bench.core.devices import resolve_device
@@ -46,7 +47,7 @@ from bench.training.loop import train
 from variants import search_space
 from variants.registry import REGISTRY, Variant
 
-PROG = "python -m bench.tune"
+PROG = progs.TUNE
 
 
 def process_seconds() -> float:

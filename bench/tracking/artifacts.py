@@ -16,6 +16,7 @@ installed (so plain ``mlflow.pytorch.load_model("runs:/...")`` on a SQLite store
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -60,10 +61,27 @@ def repository(artifact_uri: str, tracking_uri: str | None = None,
     return LocalArtifactRepository(local.as_uri(), tracking_uri=tracking_uri, registry_uri=registry_uri)
 
 
+class _Uncached(OrderedDict):
+    """MLflow 3.17 caches each run's artifact repository in a process-wide dict keyed by the run id alone
+    (``_tracking_service.utils._artifact_repos_cache``). A copied store holds the same run ids, so a process that
+    opens the copy after the original would write the copy's artifacts into the original's folder (found by
+    tests/tracking/test_store_relocation.py). Nothing is kept: each artifact call resolves the run's location in
+    its own store, one indexed query."""
+
+    def get(self, key: object, default: object = None) -> object:
+        return default
+
+    def __setitem__(self, key: object, value: object) -> None:
+        pass
+
+
 def register() -> None:
     from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry
+    from mlflow.tracking._tracking_service import utils
 
     _artifact_repository_registry.register(SCHEME, repository)
+    if hasattr(utils, "_artifact_repos_cache"):
+        utils._artifact_repos_cache = _Uncached()
 
 
 register()  # on import of bench.tracking (its __init__ imports this module)

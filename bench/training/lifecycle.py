@@ -18,6 +18,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from bench import progs
 from bench.core import interrupts
 from bench.core.config import TrainConfig
 from bench.core.data import MNIST, loading_mnist
@@ -33,9 +34,9 @@ from bench.tracking.ownership import Lease
 from bench.tracking.store import browse_hint, open_store, resolve_tracking_uri, ui_address
 from bench.training.identity import run_name, run_params, run_tags
 from bench.training.loop import train
-from variants.registry import REGISTRY, Variant, get_variant
+from variants.registry import Variant, get_variant
 
-PROG = "python -m bench.run"
+PROG = progs.RUN
 
 
 def variant_from_args(args: argparse.Namespace) -> Variant:
@@ -117,17 +118,11 @@ def prewarm(module: str = "torch._dynamo") -> None:
     threading.Thread(target=quietly, name="prewarm", daemon=True).start()
 
 
-def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    """What ``python -m bench.run`` does with its arguments."""
+def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> int:
+    """What ``python -m bench.run`` does with its arguments (``args``, parsed by ``parser`` from ``argv``)."""
     from bench.training.resume import resumed_run
 
-    args = parser.parse_args(argv)
     locks.set_waiting(bool(args.wait))  # --wait also waits for the store's locks
-    if args.list:
-        width = max(map(len, REGISTRY))
-        for name, v in REGISTRY.items():
-            print(f"{name:<{width}}  {v.description}")
-        return 0
     prewarm()
     life = Life()
     try:
