@@ -39,6 +39,7 @@ from bench.sweeps import queue, studies, workers
 from bench.sweeps import storage as stg
 from bench.sweeps.cells import Cell, adopt, build_cells, finished_runs, grid_hash, run_seconds
 from bench.sweeps.process import open_store_and_data, quiet_optuna
+from bench.sweeps.study_summary import OBJECTIVE_ATTR
 from bench.tracking.mlflow_tracker import MlflowTracker
 from bench.tracking.names import FAILURE_TAG, PARENT_TAG, sweep_filter
 from bench.tracking.store import browse_hint, resolve_tracking_uri, ui_address
@@ -49,8 +50,10 @@ PROG = "python -m bench.grid"
 # The bookkeeping study's trial value: how long the cell's run took, in s to 0.1 s (never a test metric). By default
 # the study lives in a storage of its own (storage.grid_storage), out of the tuning studies' dashboard; opened there
 # anyway, optuna-dashboard draws a "Best Trial" card for it (it does for any COMPLETE trial), which this names.
-METRIC = "run wall time in s (bookkeeping: the shortest run, not a best model)"
+METRIC = "run wall time in s (bookkeeping, not a best)"  # short: the dashboard's history axis is its title
 SECONDS_DECIMALS = 1
+NOTE = ("the run's wall time in s, to 0.1 s, for the ETA; its Best Trial card is the fastest run, not a best model "
+        "(compare the runs with bench.report)")
 ABOUT = ("bookkeeping of bench.grid: one trial per cell to run, its value the run's wall seconds; nothing is "
          "selected here (compare the runs with bench.report)")
 
@@ -178,6 +181,7 @@ def open_study(args: argparse.Namespace, client: MlflowClient, sweep: str, ghash
     study, created = stg.create_or_load(name, storage, optuna.samplers.RandomSampler(seed=0))
     if created:
         study.set_metric_names([METRIC])
+        study.set_user_attr(OBJECTIVE_ATTR, NOTE)
     studies.agree_settings(study, {"kind": "grid", "about": ABOUT, "sweep": sweep, "cells": n_cells, "grid": ghash},
                            created, "use another --sweep")
     return spec, storage, study, created

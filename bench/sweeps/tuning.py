@@ -37,7 +37,15 @@ from bench.errors import NonFiniteLoss
 from bench.sweeps import storage as stg
 from bench.sweeps import studies, workers
 from bench.sweeps.process import open_store_and_data, quiet_optuna, stopwatch
-from bench.sweeps.study_summary import OBJECTIVE, OBJECTIVE_DECIMALS, OBJECTIVE_LABEL, shown_params, summarise
+from bench.sweeps.study_summary import (
+    OBJECTIVE,
+    OBJECTIVE_ATTR,
+    OBJECTIVE_DECIMALS,
+    OBJECTIVE_LABEL,
+    OBJECTIVE_NOTE,
+    shown_params,
+    summarise,
+)
 from bench.tracking.mlflow_tracker import MlflowTracker
 from bench.tracking.names import FAILURE_TAG, PRUNED_TAG
 from bench.tracking.store import redact, resolve_tracking_uri, ui_address
@@ -249,6 +257,7 @@ def tune(args: argparse.Namespace) -> int:
     study, created = stg.create_or_load(name, storage, sampler, pruner)
     if created:
         study.set_metric_names([OBJECTIVE_LABEL])  # optuna-dashboard names the objective by it
+        study.set_user_attr(OBJECTIVE_ATTR, OBJECTIVE_NOTE)
     settings = study_settings(variant, cfg, data.digest)
     studies.agree_settings(study, settings, created, "give the same settings or another --study-name")
     parent_params = {**settings, "storage": redact(spec), "sampler": "TPESampler",

@@ -75,6 +75,8 @@ def test_the_dashboard_lists_the_tuning_study_alone_with_its_unit_and_a_rounded_
     tuning = studies["tune-sgvb_b-z2-e1-n100"]
     assert tuning["objective_names"] == ["val_loss in nats"] and len(tuning["trials"]) == 2
     (best,) = tuning["best_trials"]  # the card prints best["values"] as they are stored
+    attrs = {a["key"]: a["value"] for a in tuning["user_attrs"]}  # shown beside the card
+    assert "nats per image" in attrs["bench.objective"]
     assert best["values"] == [round(best["values"][0], 3)]
 
 
@@ -87,8 +89,8 @@ def test_the_grid_queue_is_in_its_own_storage_labelled_as_bookkeeping(queue_dash
         "sgvb_a-z2-L1-s1", "sgvb_b-z2-L1-s1"]
     assert all(t["values"] == [round(t["values"][0], 1)] for t in bookkeeping["trials"])  # seconds to 0.1 s
     assert all(not t["params"] for t in bookkeeping["trials"])  # no "cell" parameter with an importance
-    settings = {a["key"]: a["value"] for a in bookkeeping["user_attrs"]}["bench.settings"]
-    assert "bookkeeping of bench.grid" in settings
+    attrs = {a["key"]: a["value"] for a in bookkeeping["user_attrs"]}
+    assert "bookkeeping of bench.grid" in attrs["bench.settings"] and "not a best model" in attrs["bench.objective"]
 
 
 def test_a_sweep_whose_queue_is_in_optuna_db_keeps_it_there(tmp_path: Path) -> None:
