@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", metavar="ID", help="the sweep's tag value (default: grid-<hash of the grid>)")
     p.add_argument("--storage", metavar="URL_OR_PATH",
                    help="Optuna storage that hands out combinations: sqlite:///PATH.db, postgresql://..., or "
-                        "PATH.journal (default: optuna.db beside the MLflow SQLite store, else in the working "
-                        "directory)")
+                        "PATH.journal (default: grid-queue.db beside the MLflow SQLite store, else in the working "
+                        "directory; apart from bench.tune's optuna.db, so optuna-dashboard shows studies only)")
     p.add_argument("--heartbeat", type=positive_int, default=10, metavar="SEC",
                    help="seconds between a worker's beats: a worker that cannot be checked otherwise (another "
                         "machine) and has not beaten for 2 x SEC is taken as lost, its cell queued again (10)")

@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nll-samples", type=nonneg_int, default=0, metavar="K",
                    help="after training, estimate the test NLL with K importance samples (0: skip)")
     p.add_argument("--snr-every", type=nonneg_int, default=0, metavar="N",
-                   help="every N epochs, log the gradient SNR on a fixed minibatch as snr/train/... (0: off)")
+                   help="every N epochs, log the gradient SNR on a fixed minibatch as snr/train/... into the "
+                        "run's nested run '<run name> · SNR during training' (0: off; a resume keeps the run's)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue this run from its last completed epoch")
     p.add_argument("--wait", action="store_true",
                    help="with --resume: if another process holds the run, wait until it is free (default: refuse)")

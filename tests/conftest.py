@@ -75,5 +75,6 @@ def train_one(folder: Path, *args: str) -> tuple[str, str]:
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     assert run_main([*args, "--device", "cpu", "--tracking-uri", uri, "--no-progress"]) == 0
     client = MlflowClient(uri)
-    (run,) = client.search_runs(client.search_experiments()[0].experiment_id)
+    runs = client.search_runs(client.search_experiments()[0].experiment_id)
+    (run,) = [r for r in runs if "bench.analysis" not in r.data.tags]  # not its analysis runs (--snr-every)
     return uri, run.info.run_id

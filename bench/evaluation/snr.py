@@ -171,6 +171,7 @@ def figure(table: pd.DataFrame, title: str, path: Path) -> Path:
     return path
 
 
+TRAINING_PREFIX = "snr/train/"  # bench.run --snr-every's metrics, logged into the run's "SNR during training"
 TRAIN_REPEATS = 100  # draws per SNR measurement during training (bench.run --snr-every)
 TRAIN_SEED = 2019
 
@@ -182,6 +183,6 @@ def training_snr(model: nn.Module, variant: Variant, x: Tensor, repeats: int = T
     out: dict[str, float] = {}
     for part in PARTS:
         s = moments[part].summary()
-        out[f"snr/train/{part}"] = s["snr_param"]
-        out[f"snr/train/norm/{part}"] = s["snr"]
+        out[f"{TRAINING_PREFIX}{part}"] = s["snr_param"]
+        out[f"{TRAINING_PREFIX}norm/{part}"] = s["snr"]
     return out
