@@ -21,12 +21,13 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from bench.evaluation import defaults
 from bench.evaluation.ais import restores_grad_flags
 from variants.terms import analytic_kl
 
 GAP_SEED = 7000
 ELBO_SAMPLES = 1000  # draws per image for the reported ELBOs: a standard error of ~0.01-0.1 nats per image
-OPT_STEPS = 500
+OPT_STEPS = defaults.GAP_STEPS
 OPT_SAMPLES = 16  # draws per Adam step
 OPT_LR = 0.05  # with the linear decay: 0.02 nats above the closed-form KL on the linear-Gaussian test (0.01: 0.1)
 ROWS = 4000

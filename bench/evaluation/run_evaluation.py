@@ -33,7 +33,7 @@ from bench.core.devices import resolve_device
 from bench.core.progress import stage
 from bench.core.splits import prepare_test
 from bench.errors import UserError, first_line, out_of_memory
-from bench.evaluation import gradvar, latents, likelihood_study
+from bench.evaluation import defaults, gradvar, latents, likelihood_study
 from bench.evaluation.nll import estimate_nll
 from bench.tracking.analyses import analysis_run
 from bench.tracking.lookup import get_run
@@ -45,7 +45,7 @@ from bench.tracking.tracker import NullTracker, Tracker
 
 PROG = progs.EVALUATE
 ARTIFACT_DIR = "evaluation"
-DEFAULT_NLL_SAMPLES = 1000  # the CLI's default; bench.run's --nll-samples defaults to 0 (off)
+DEFAULT_NLL_SAMPLES = defaults.NLL_SAMPLES
 
 
 def evaluate_model(model: nn.Module, test_x: Tensor, test_y: Tensor, tracker: Tracker, step: int,
