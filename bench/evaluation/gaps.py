@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from bench.core import interrupts
 from bench.evaluation import defaults
 from bench.evaluation.ais import restores_grad_flags
 from variants.terms import analytic_kl
@@ -61,7 +62,8 @@ def optimise_q(model: nn.Module, x: Tensor, mu: Tensor, logvar: Tensor, steps: i
     linearly to 0: (mu*, logvar*)."""
     m = mu.detach().clone().requires_grad_(True)
     lv = logvar.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([m, lv], lr=lr)
+    with interrupts.critical():  # the process's first optimiser imports torch._dynamo: no signal inside an import
+        opt = torch.optim.Adam([m, lv], lr=lr)
     # lr decays linearly to 0: with a noisy gradient a constant lr leaves q* jittering around the optimum,
     # an excess KL of the order of lr (measured: 0.08 nats on the linear-Gaussian test model)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 - k / steps)

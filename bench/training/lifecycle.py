@@ -100,30 +100,11 @@ def new_run(client: MlflowClient, args: argparse.Namespace, data: Callable[[], M
     return Job(tracker, variant, cfg, mnist, None, lease)
 
 
-def prewarm(module: str = "torch._dynamo") -> None:
-    """Import ``module`` on a thread, while the store opens and the data loads: what the first optimiser step would
-    import (torch._dynamo: about 3 s here; torch.optim imports it on first use).
-
-    The thread is a daemon, so a start-up that fails (a bad store: one line, exit 2) does not wait for it; the
-    process may then exit, or run its atexit callbacks, under the import. Whatever that does to the import is
-    dropped here, silently: a prewarm is only a head start, and the real import on the first step reports a real
-    failure where it matters. No traceback of this thread can follow a command's one-line error (issue 17)."""
-    import contextlib
-    import threading
-
-    def quietly() -> None:
-        with contextlib.suppress(BaseException):  # see above: the first step's own import reports
-            __import__(module)
-
-    threading.Thread(target=quietly, name="prewarm", daemon=True).start()
-
-
 def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> int:
     """What ``python -m bench.run`` does with its arguments (``args``, parsed by ``parser`` from ``argv``)."""
     from bench.training.resume import resumed_run
 
     locks.set_waiting(bool(args.wait))  # --wait also waits for the store's locks
-    prewarm()
     life = Life()
     try:
         # MNIST is decompressed and checksummed (GIL released) while the store opens.

@@ -54,7 +54,8 @@ def build(variant: Variant, cfg: TrainConfig) -> tuple[VAE, torch.optim.Optimize
     model = variant.build_model(cfg.latent).to(device)
     fused = device.type in ("cpu", "cuda")  # one kernel for the whole update instead of one per tensor
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, fused=fused or None)
+    with critical():  # the first optimiser imports torch._dynamo (seconds): a signal never lands inside an import
+        opt = torch.optim.Adam(params, lr=cfg.lr, fused=fused or None)
     return model, opt
 
 
