@@ -28,6 +28,7 @@ from bench.cli import (  # noqa: E402
 from bench.evaluation import defaults as d  # noqa: E402
 from bench.progs import EVALUATE as PROG  # noqa: E402
 from bench.tracking import locks  # noqa: E402
+from bench.tracking.precheck import check_store  # noqa: E402
 
 DEFAULT_NLL_SAMPLES = d.NLL_SAMPLES
 
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     locks.set_waiting(args.wait)  # --wait also waits for the store's locks
+    check_store(args.tracking_uri, existing=True)  # a bad store is one line before torch and MLflow load
     progress.note("loading torch and MLflow ...")
     from bench.evaluation.run_evaluation import evaluate_run
 

@@ -28,6 +28,7 @@ from bench.cli import (
 from bench.core.config import BINARIZE, PRECISIONS
 from bench.progs import GRID as PROG
 from bench.tracking.names import DEFAULT_EXPERIMENT
+from bench.tracking.precheck import check_store
 from variants.catalog import LIKELIHOOD_NAMES
 from variants.registry import REGISTRY
 
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     n = math.prod(len(getattr(args, axis)) for axis in AXES)
     # A first line at once (issue 17): torch, MLflow and Optuna take seconds to load.
+    check_store(args.tracking_uri)  # a bad store is one line before torch and MLflow load
     print(f"{PROG}: {n} combination{'s' * (n != 1)}; loading torch, MLflow and Optuna ...", flush=True)
     from bench.sweeps.grid import run_grid
 

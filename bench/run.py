@@ -30,6 +30,8 @@ from bench.cli import (  # noqa: E402
 from bench.core.config import BINARIZE, PRECISIONS  # noqa: E402
 from bench.progs import RUN as PROG  # noqa: E402
 from bench.tracking.names import DEFAULT_EXPERIMENT  # noqa: E402
+from bench.tracking.precheck import check_store  # noqa: E402
+from bench.training.arguments import variant_from_args  # noqa: E402
 from variants.catalog import LIKELIHOOD_NAMES  # noqa: E402
 from variants.registry import REGISTRY  # noqa: E402
 
@@ -76,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, v in REGISTRY.items():
             print(f"{name:<{width}}  {v.description}")
         return 0
+    # What can be checked without torch and MLflow is checked first: a bad store or variant is one line at once.
+    check_store(args.tracking_uri, existing=bool(args.resume))
+    if not args.resume:
+        variant_from_args(args)
     progress.note("loading torch and MLflow ...")
     from bench.training.lifecycle import run_command
 

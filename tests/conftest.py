@@ -22,6 +22,12 @@ CODE = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("P
 
 quiet_libraries()
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core: one torch thread in each, and in every process its tests start (a
+    # second thread would only contend with the other workers).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def mnist() -> MNIST:

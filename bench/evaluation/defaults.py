@@ -16,6 +16,13 @@ AIS_IMAGES = 1000
 AIS_LEAPFROG = 5
 AIS_MAX_IMAGES = 10000
 
+# bench.snr (bench.evaluation.snr)
+SNR_K_GRID = (1, 3, 10, 30, 100, 300, 1000)
+SNR_IMAGES = 8  # M, as in the first measurements
+SNR_REPEATS = 100  # R
+SNR_SEED = 2018
+SNR_GROUPS = 10  # jackknife groups of draws
+
 GAP_STEPS = 500  # Adam steps of q* per image (bench.evaluation.gaps)
 LADDER = (1, 10, 100, 1000)  # the K of --nll-ladder (bench.evaluation.likelihood_study)
 BDMC_IMAGES = 100  # --bdmc without a count

@@ -31,14 +31,15 @@ import numpy as np
 import pandas as pd
 from torch import Tensor, nn
 
+from bench.evaluation import defaults
 from bench.evaluation.draws import PARTS, Moments, gradient_moments
 from variants.registry import Variant
 
-K_GRID = (1, 3, 10, 30, 100, 300, 1000)
-IMAGES = 8  # M, as in the first measurements
-REPEATS = 100  # R
-SEED = 2018
-GROUPS = 10  # jackknife groups of draws
+K_GRID = defaults.SNR_K_GRID
+IMAGES = defaults.SNR_IMAGES  # M
+REPEATS = defaults.SNR_REPEATS  # R
+SEED = defaults.SNR_SEED
+GROUPS = defaults.SNR_GROUPS  # jackknife groups of draws
 T_975 = 2.262  # t quantile (0.975, 9 degrees of freedom) for GROUPS = 10
 TAIL_K = 100
 STUDIED: dict[str, str] = {"iwae": "iwae", "iwae_dreg": "iwae_dreg", "iwae_stl": "iwae_stl", "elbo": "sgvb_a"}

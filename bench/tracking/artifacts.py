@@ -9,7 +9,7 @@ the tracking server's ``mlflow-artifacts:/PATH``, which ``mlflow server``/``mlfl
 at the moment MLflow opens the repository, through MLflow's artifact-repository registry. For http(s) tracking
 URIs it is MLflow's own ``MlflowArtifactsRepository``, unchanged.
 
-The resolver is registered in every process that imports ``bench.tracking`` and, through the entry point
+The resolver is registered in every process that imports ``bench.tracking.store`` and, through the entry point
 ``mlflow.artifact_repository`` in pyproject.toml, in any MLflow process of an environment where vae-bench is
 installed (so plain ``mlflow.pytorch.load_model("runs:/...")`` on a SQLite store works too).
 """
@@ -55,6 +55,7 @@ def repository(artifact_uri: str, tracking_uri: str | None = None,
     from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
     from mlflow.tracking._tracking_service.utils import get_tracking_uri
 
+    _no_run_id_cache()  # also in processes that found this factory through the entry point only
     local = local_artifacts(artifact_uri, tracking_uri or get_tracking_uri())
     if local is None:
         return MlflowArtifactsRepository(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
@@ -75,13 +76,17 @@ class _Uncached(OrderedDict):
         pass
 
 
-def register() -> None:
-    from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry
+def _no_run_id_cache() -> None:
     from mlflow.tracking._tracking_service import utils
 
-    _artifact_repository_registry.register(SCHEME, repository)
-    if hasattr(utils, "_artifact_repos_cache"):
+    if not isinstance(getattr(utils, "_artifact_repos_cache", None), (_Uncached, type(None))):
         utils._artifact_repos_cache = _Uncached()
 
 
-register()  # on import of bench.tracking (its __init__ imports this module)
+def register() -> None:
+    """Resolve ``mlflow-artifacts:/`` in this process (bench.tracking.store calls it on import)."""
+    from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry
+
+    _artifact_repository_registry.register(SCHEME, repository)
+    _no_run_id_cache()
+

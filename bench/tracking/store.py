@@ -21,7 +21,8 @@ from bench.errors import UserError, first_line
 from bench.tracking import artifacts
 from bench.tracking.artifacts import ARTIFACTS_DIR, sqlite_path
 from bench.tracking.locks import StoreLock
-from bench.tracking.names import DEFAULT_TRACKING_URI, EXPERIMENT_NOTES, NOTE_TAG, OTHER_EXPERIMENT_NOTE
+from bench.tracking.names import EXPERIMENT_NOTES, NOTE_TAG, OTHER_EXPERIMENT_NOTE
+from bench.tracking.precheck import check_form, resolve_tracking_uri
 from bench.tracking.sqlite_checks import check_relocated, check_sqlite
 
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
@@ -30,10 +31,7 @@ SLUG_MAX = 64  # an artifact folder per experiment: long names are cut (and told
 
 __all__ = ["sqlite_path", "ARTIFACTS_DIR"]
 
-
-def resolve_tracking_uri(uri: str | None) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (MLflow's default)."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+artifacts.register()  # store-relative artifact URIs, resolved in the store's folder (bench.tracking.artifacts)
 
 
 def lock_for(uri: str) -> StoreLock:
@@ -97,9 +95,7 @@ def open_store(uri: str | None, existing: bool = False, read_only: bool = False)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
         return MlflowClient(uri)
-    if uri.startswith("file:") or "://" not in uri:
-        raise UserError(f"tracking URI {uri!r} is a file store, which MLflow 3 no longer accepts by default; "
-                        "use sqlite:///PATH.db, postgresql://... or http://HOST:PORT")
+    check_form(uri)
     db = check_sqlite(uri, existing=existing, read_only=read_only)
     try:
         check_database(uri)

@@ -32,24 +32,12 @@ from bench.tracking.mlflow_tracker import MlflowTracker
 from bench.tracking.names import FAILURE_TAG, NLL_TAG
 from bench.tracking.ownership import Lease
 from bench.tracking.store import browse_hint, open_store, resolve_tracking_uri, ui_address
+from bench.training.arguments import variant_from_args
 from bench.training.identity import run_name, run_params, run_tags
 from bench.training.loop import train
-from variants.registry import Variant, get_variant
+from variants.registry import Variant
 
 PROG = progs.RUN
-
-
-def variant_from_args(args: argparse.Namespace) -> Variant:
-    try:
-        variant = get_variant(args.variant).replace(
-            samples=args.samples, decoder=args.decoder, hidden=args.hidden,
-            gaussian_variance=args.gaussian_variance, learn_variance=args.learn_variance)
-    except (KeyError, ValueError) as e:
-        raise UserError(str(e).strip("'\"")) from None
-    if variant.decoder != "gaussian" and (args.gaussian_variance is not None or args.learn_variance):
-        raise UserError(f"--gaussian-variance and --learn-variance set the Gaussian decoder's c, and {variant.name} "
-                        "decodes with a Bernoulli; add --decoder gaussian or pick a gaussian variant")
-    return variant
 
 
 @dataclass
