@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     n = math.prod(len(getattr(args, axis)) for axis in AXES)
     # A first line at once (issue 17): torch, MLflow and Optuna take seconds to load.
-    check_store(args.tracking_uri)  # a bad store is one line before torch and MLflow load
     print(f"{PROG}: {n} combination{'s' * (n != 1)}; loading torch, MLflow and Optuna ...", flush=True)
+    check_store(args.tracking_uri)  # a bad store is one line before they do
     from bench.sweeps.grid import run_grid
 
     return run_grid(args)

@@ -62,10 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_store(args.tracking_uri)  # a bad store is one line before torch and MLflow load
     # A first line at once (issue 17): torch, MLflow and Optuna take seconds to load.
     print(f"{PROG}: {args.variant} at latent {args.latent}, {args.trials} trial{'s' * (args.trials != 1)} of "
           f"{args.epochs} epoch{'s' * (args.epochs != 1)}; loading torch, MLflow and Optuna ...", flush=True)
+    check_store(args.tracking_uri)  # a bad store is one line before they do
     from bench.sweeps.tuning import tune
 
     return tune(args)
