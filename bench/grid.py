@@ -10,10 +10,12 @@ What it does: bench.sweeps.grid; how cells are handed out: bench.sweeps.queue.
 from __future__ import annotations
 
 import argparse
+import math
 
 from bench.cli import (
     ArgumentParser,
     add_common,
+    exit_process,
     listof,
     main_guard,
     nonneg_int,
@@ -24,11 +26,15 @@ from bench.cli import (
     variant_name,
 )
 from bench.core.config import BINARIZE, PRECISIONS
-from bench.sweeps.grid import PROG, run_grid
-from bench.sweeps.process import exit_now
+from bench.progs import GRID as PROG
 from bench.tracking.names import DEFAULT_EXPERIMENT
-from variants.likelihoods import LIKELIHOODS
+from bench.tracking.precheck import check_store
+from variants.catalog import LIKELIHOOD_NAMES
 from variants.registry import REGISTRY
+
+# The axes a grid multiplies (each a list argument): their product is the number of combinations.
+AXES = ("variants", "latents", "seeds", "epochs", "batch_size", "lr", "samples", "decoder", "hidden",
+        "gaussian_variance", "precision", "binarize", "limit_train")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=listof(positive_float, "positive numbers"), default=[1e-3], metavar="LIST")
     p.add_argument("--samples", type=listof(positive_int, "positive integers"), default=[None], metavar="LIST",
                    help="samples per datapoint (default: each variant's own)")
-    p.add_argument("--decoder", type=listof(one_of(LIKELIHOODS), "decoders"), default=[None], metavar="LIST",
-                   help=f"{', '.join(LIKELIHOODS)} (default: each variant's own)")
+    p.add_argument("--decoder", type=listof(one_of(LIKELIHOOD_NAMES), "decoders"), default=[None], metavar="LIST",
+                   help=f"{', '.join(LIKELIHOOD_NAMES)} (default: each variant's own)")
     p.add_argument("--hidden", type=listof(positive_int, "positive integers"), default=[None], metavar="LIST")
     p.add_argument("--gaussian-variance", type=listof(positive_float, "positive numbers"), default=[None],
                    metavar="LIST", help="c of the Gaussian decoder (ignored for Bernoulli decoders)")
@@ -56,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", metavar="ID", help="the sweep's tag value (default: grid-<hash of the grid>)")
     p.add_argument("--storage", metavar="URL_OR_PATH",
                    help="Optuna storage that hands out combinations: sqlite:///PATH.db, postgresql://..., or "
-                        "PATH.journal (default: optuna.db beside the MLflow SQLite store, else in the working "
-                        "directory)")
+                        "PATH.journal (default: grid-queue.db beside the MLflow SQLite store, else in the working "
+                        "directory; apart from bench.tune's optuna.db, so optuna-dashboard shows studies only)")
     p.add_argument("--heartbeat", type=positive_int, default=10, metavar="SEC",
                    help="seconds between a worker's beats: a worker that cannot be checked otherwise (another "
                         "machine) and has not beaten for 2 x SEC is taken as lost, its cell queued again (10)")
@@ -70,8 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_grid(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    n = math.prod(len(getattr(args, axis)) for axis in AXES)
+    # A first line at once (issue 17): torch, MLflow and Optuna take seconds to load.
+    print(f"{PROG}: {n} combination{'s' * (n != 1)}; loading torch, MLflow and Optuna ...", flush=True)
+    check_store(args.tracking_uri)  # a bad store is one line before they do
+    from bench.sweeps.grid import run_grid
+
+    return run_grid(args)
 
 
 if __name__ == "__main__":
-    exit_now(main_guard(main, PROG)())
+    exit_process(main_guard(main, PROG)())

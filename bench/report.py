@@ -13,10 +13,10 @@ else today, UTC).
 from __future__ import annotations
 
 import argparse
-import sys
 
-from bench.cli import ArgumentParser, main_guard
-from bench.reporting.build import PROG, write_report
+from bench.cli import ArgumentParser, exit_process, main_guard
+from bench.progs import REPORT as PROG
+from bench.tracking.precheck import check_store
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return write_report(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    check_store(args.tracking_uri, existing=True, read_only=True)  # one line before pandas, seaborn and MLflow load
+    from bench.reporting.build import write_report  # seconds of imports: not for --help
+
+    return write_report(args)
 
 
 if __name__ == "__main__":
-    sys.exit(main_guard(main, PROG)())
+    exit_process(main_guard(main, PROG)())

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from bench.core import interrupts, progress
 
-# Before torch and MLflow are imported (seconds): a signal until the run exists leaves nothing and one line.
+# Before anything heavy is imported: a signal until the run exists leaves nothing and one line.
 interrupts.install("python -m bench.run: interrupted before a run was made; nothing recorded")
-
-progress.note("loading torch and MLflow ...")
 
 import argparse  # noqa: E402
 
+# Light modules only (no torch, no MLflow): --help and --list answer from these (issue 17).
 from bench.cli import (  # noqa: E402
     ArgumentParser,
     add_common,
@@ -29,12 +28,12 @@ from bench.cli import (  # noqa: E402
     seed_int,
 )
 from bench.core.config import BINARIZE, PRECISIONS  # noqa: E402
+from bench.progs import RUN as PROG  # noqa: E402
 from bench.tracking.names import DEFAULT_EXPERIMENT  # noqa: E402
-from bench.training.lifecycle import PROG, run_command  # noqa: E402
-from variants.likelihoods import LIKELIHOODS  # noqa: E402
+from bench.tracking.precheck import check_store  # noqa: E402
+from bench.training.arguments import variant_from_args  # noqa: E402
+from variants.catalog import LIKELIHOOD_NAMES  # noqa: E402
 from variants.registry import REGISTRY  # noqa: E402
-
-progress.note("")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"a registered variant (default sgvb_b): {', '.join(REGISTRY)}")
     p.add_argument("--latent", type=positive_int, default=20, metavar="N", help="latent size (default 20)")
     p.add_argument("--samples", type=positive_int, metavar="L", help="samples per datapoint (k for IWAE)")
-    p.add_argument("--decoder", choices=LIKELIHOODS, help="override the variant's decoder")
+    p.add_argument("--decoder", choices=LIKELIHOOD_NAMES, help="override the variant's decoder")
     p.add_argument("--hidden", type=positive_int, metavar="H", help="override the hidden width (400)")
     p.add_argument("--gaussian-variance", type=positive_float, metavar="C",
                    help="c of the Gaussian decoder N(x; f(z), cI) (default 0.01)")
@@ -62,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nll-samples", type=nonneg_int, default=0, metavar="K",
                    help="after training, estimate the test NLL with K importance samples (0: skip)")
     p.add_argument("--snr-every", type=nonneg_int, default=0, metavar="N",
-                   help="every N epochs, log the gradient SNR on a fixed minibatch as snr/train/... (0: off)")
+                   help="every N epochs, log the gradient SNR on a fixed minibatch as snr/train/... into the "
+                        "run's nested run '<run name> · SNR during training' (0: off; a resume keeps the run's)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue this run from its last completed epoch")
     p.add_argument("--wait", action="store_true",
                    help="with --resume: if another process holds the run, wait until it is free (default: refuse)")
@@ -71,7 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        width = max(map(len, REGISTRY))
+        for name, v in REGISTRY.items():
+            print(f"{name:<{width}}  {v.description}")
+        return 0
+    # What can be checked without torch and MLflow is checked first: a bad store or variant is one line at once.
+    check_store(args.tracking_uri, existing=bool(args.resume))
+    if not args.resume:
+        variant_from_args(args)
+    progress.note("loading torch and MLflow ...")
+    from bench.training.lifecycle import run_command
+
+    progress.note("")
+    return run_command(parser, args, argv)
 
 
 if __name__ == "__main__":

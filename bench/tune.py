@@ -12,6 +12,7 @@ import argparse
 from bench.cli import (
     ArgumentParser,
     add_common,
+    exit_process,
     main_guard,
     nonneg_int,
     positive_float,
@@ -19,9 +20,9 @@ from bench.cli import (
     seed_int,
 )
 from bench.core.config import BINARIZE, PRECISIONS
-from bench.sweeps.process import exit_now
-from bench.sweeps.tuning import PROG, tune
+from bench.progs import TUNE as PROG
 from bench.tracking.names import TUNE_EXPERIMENT as DEFAULT_EXPERIMENT
+from bench.tracking.precheck import check_store
 from variants import search_space
 from variants.registry import REGISTRY
 
@@ -60,8 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return tune(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    # A first line at once (issue 17): torch, MLflow and Optuna take seconds to load.
+    print(f"{PROG}: {args.variant} at latent {args.latent}, {args.trials} trial{'s' * (args.trials != 1)} of "
+          f"{args.epochs} epoch{'s' * (args.epochs != 1)}; loading torch, MLflow and Optuna ...", flush=True)
+    check_store(args.tracking_uri)  # a bad store is one line before they do
+    from bench.sweeps.tuning import tune
+
+    return tune(args)
 
 
 if __name__ == "__main__":
-    exit_now(main_guard(main, PROG)())
+    exit_process(main_guard(main, PROG)())

@@ -13,13 +13,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-# name -> factory(variance, learn): the decoders a variant can name. Plugins add theirs (variants.plugins).
+from variants.catalog import DEFAULT_GAUSSIAN_VARIANCE
+
+# name -> factory(variance, learn): the decoders a variant can name (variants.catalog.LIKELIHOOD_NAMES, in order).
+# Plugins add theirs (variants.plugins).
 LIKELIHOODS: dict[str, Callable[[float, bool], nn.Module]] = {}
 
-# c = 0.01 (sigma = 0.1 grey levels): about the per-pixel squared error a 20-d VAE reaches on MNIST,
-# so the squared-error term and the KL are on comparable scales. c = 1 (the "plain MSE" choice) makes
-# the data term ~100x weaker than the KL and collapses most latent dimensions.
-DEFAULT_GAUSSIAN_VARIANCE = 0.01
 
 
 def _bernoulli_log_prob_value(x: Tensor, logits: Tensor) -> Tensor:

@@ -25,12 +25,12 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from variants.estimators import ESTIMATORS, Estimator
-from variants.likelihoods import LIKELIHOODS
+from variants.catalog import ESTIMATOR_NAMES, LIKELIHOOD_NAMES
 
 if TYPE_CHECKING:
+    from torch import nn
+
+    from variants.estimators import Estimator
     from variants.registry import Variant
 
 GROUP = "vae_bench.variants"
@@ -53,19 +53,25 @@ def _free(kind: str, name: str, taken: Any) -> None:
 def register_estimator(name: str, estimator: Estimator) -> None:
     """Add an estimator: ``estimator(model, x, samples, gen, **options) -> LossTerms``; its keyword options
     among baseline, groups, beta are taken from the variant. Draw noise with variants.terms.sample_eps."""
-    _free("estimator", name, ESTIMATORS)
+    from variants.estimators import ESTIMATORS
+
+    _free("estimator", name, ESTIMATOR_NAMES)
     if not callable(estimator):
         raise PluginError(f"estimator {name!r} is not callable")
     ESTIMATORS[name] = estimator
+    ESTIMATOR_NAMES.append(name)
 
 
 def register_likelihood(name: str, factory: Callable[[], nn.Module]) -> None:
     """Add a decoder likelihood: ``factory()`` returns a module with params(out), mean(params) and
     log_prob(x, params) -> log p(x|z) summed over the pixels (variants.likelihoods for the two built in)."""
-    _free("likelihood", name, LIKELIHOODS)
+    from variants.likelihoods import LIKELIHOODS
+
+    _free("likelihood", name, LIKELIHOOD_NAMES)
     if not callable(factory):
         raise PluginError(f"likelihood {name!r} is not callable")
     LIKELIHOODS[name] = lambda variance, learn: factory()
+    LIKELIHOOD_NAMES.append(name)
 
 
 def register_variant(variant: Variant) -> None:

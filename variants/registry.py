@@ -5,13 +5,17 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+# Names only: the registry, --help and --list load without torch; the code behind a name is imported on use.
+from variants.catalog import DEFAULT_GAUSSIAN_VARIANCE, ESTIMATOR_NAMES, LIKELIHOOD_NAMES
 
-from variants.estimators import ESTIMATORS, LossTerms
-from variants.likelihoods import DEFAULT_GAUSSIAN_VARIANCE, LIKELIHOODS
-from variants.model import VAE
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+    from variants.model import VAE
+    from variants.terms import LossTerms
 
 
 @dataclass(frozen=True)
@@ -31,10 +35,10 @@ class Variant:
     beta: float = 0.5  # ciwae: the weight of the K-sample ELBO against the IWAE bound (Rainforth et al. 2018)
 
     def __post_init__(self) -> None:
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
-        if self.decoder not in LIKELIHOODS:
-            raise ValueError(f"unknown decoder {self.decoder!r}; choose from {', '.join(LIKELIHOODS)}")
+        if self.estimator not in ESTIMATOR_NAMES:
+            raise ValueError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATOR_NAMES)}")
+        if self.decoder not in LIKELIHOOD_NAMES:
+            raise ValueError(f"unknown decoder {self.decoder!r}; choose from {', '.join(LIKELIHOOD_NAMES)}")
         if self.samples < 1:
             raise ValueError(f"samples must be a positive integer, got {self.samples}")
         if self.hidden < 1:
@@ -65,14 +69,20 @@ class Variant:
 
     def options(self) -> dict[str, object]:
         """The option axes this variant's estimator takes (the keyword arguments its signature names)."""
+        from variants.estimators import ESTIMATORS
+
         names = inspect.signature(ESTIMATORS[self.estimator]).parameters
         return {o: getattr(self, o) for o in OPTIONS if o in names}
 
     def build_model(self, latent: int) -> VAE:
+        from variants.model import VAE
+
         return VAE(latent=latent, hidden=self.hidden, decoder=self.decoder,
                    gaussian_variance=self.gaussian_variance, learn_variance=self.learn_variance)
 
     def estimate(self, model: VAE, x: Tensor, gen: torch.Generator | None = None) -> LossTerms:
+        from variants.estimators import ESTIMATORS
+
         return ESTIMATORS[self.estimator](model, x, self.samples, gen, **self.options())
 
     def draws(self) -> int:

@@ -7,6 +7,7 @@ the four files (.gz or not) or at torchvision's layout (``DIR/MNIST/raw``).
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import importlib.resources
@@ -63,6 +64,19 @@ def _find(folder: Path, stem: str) -> Path:
 
 
 def _read_checked(path: Path, stem: str) -> bytes:
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise UserError(f"cannot read MNIST file {path}: {first_line(e)}") from None
+    return _read_checked_once(str(path.resolve()), st.st_size, st.st_mtime_ns, stem)
+
+
+@functools.lru_cache(maxsize=len(MD5))
+def _read_checked_once(name: str, size: int, mtime_ns: int, stem: str) -> bytes:
+    """The decompressed, md5-checked bytes of one file, read once per process while the file is unchanged (size
+    and mtime): a process that trains several runs (a grid worker, a test session) decompresses and checksums
+    MNIST once, not per run (about 1 s each). Bytes are immutable: every caller decodes its own tensors."""
+    path = Path(name)
     try:
         raw = path.read_bytes()
         data = gzip.decompress(raw) if path.suffix == ".gz" else raw

@@ -41,16 +41,18 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from bench.evaluation import defaults
 from variants.terms import LOG_2PI, log_normal_std
 
 _T = TypeVar("_T")
 
-AIS_SEED = 6000  # fixed noise: the same model and images give the same test_nll_ais
-DEFAULT_STEPS = 1000
-DEFAULT_CHAINS = 16
-DEFAULT_IMAGES = 1000
-DEFAULT_LEAPFROG = 5
-MAX_IMAGES = 10000
+# The defaults live with the other evaluation defaults (bench.evaluation.defaults: --help loads without torch).
+AIS_SEED = defaults.AIS_SEED
+DEFAULT_STEPS = defaults.AIS_STEPS
+DEFAULT_CHAINS = defaults.AIS_CHAINS
+DEFAULT_IMAGES = defaults.AIS_IMAGES
+DEFAULT_LEAPFROG = defaults.AIS_LEAPFROG
+MAX_IMAGES = defaults.AIS_MAX_IMAGES
 TARGET_ACCEPT = 0.65
 ROWS = 4096  # chains (images x C) advanced together: decoder GEMMs of this many rows
 

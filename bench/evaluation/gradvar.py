@@ -22,13 +22,14 @@ from tabulate import tabulate
 from torch import Tensor, nn
 
 from bench.core.progress import Count
+from bench.evaluation import defaults
 from bench.evaluation.draws import PARTS, gradient_moments
 from variants.registry import Variant
 
 GRADVAR_SEED = 4242
 BATCH = 128  # M: images per minibatch, as in training's batch size
 BATCHES = 4  # B: disjoint minibatches from the start of the test set
-REPEATS = 100  # R
+REPEATS = defaults.GRADVAR_REPEATS  # R
 IWAE_K = 5  # the iwae_k5 preset; with k = 1 IWAE is exactly SGVB A
 BASE = "sgvb_b"  # the ratios' denominator
 COLUMNS = ["label", "estimator", "samples", "part", "batch", "variance", "snr"]

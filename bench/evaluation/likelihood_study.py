@@ -25,6 +25,7 @@ import pandas as pd
 from torch import Tensor, nn
 
 from bench.core import interrupts
+from bench.evaluation import defaults
 from bench.evaluation import gaps as gaps_mod
 from bench.evaluation.ais import AISSettings, ais_log_likelihood, bdmc
 from bench.evaluation.nll import iwae_log_likelihood
@@ -32,8 +33,9 @@ from bench.tracking.tracker import NullTracker, Tracker
 
 ANALYSIS = "likelihood"
 ARTIFACT_DIR = "likelihood"
-LADDER = (1, 10, 100, 1000)
-DEFAULT_BDMC_IMAGES = 100
+LADDER = defaults.LADDER
+DEFAULT_BDMC_IMAGES = defaults.BDMC_IMAGES
+parse_images = defaults.parse_images  # --ais-images
 
 
 @dataclass(frozen=True)
@@ -137,20 +139,6 @@ def evaluate_likelihoods(model: nn.Module, test_x: Tensor, opts: LikelihoodOptio
     return {**main, **extra}
 
 
-def parse_images(text: str) -> int:
-    """--ais-images: a count from 1 to 10,000, or ``all`` (10,000)."""
-    import argparse
-
-    from bench.evaluation.ais import MAX_IMAGES
-    if text.strip().lower() == "all":
-        return MAX_IMAGES
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give 1 to {MAX_IMAGES} or 'all'") from None
-    if not 1 <= value <= MAX_IMAGES:
-        raise argparse.ArgumentTypeError(f"{value} is out of range; give 1 to {MAX_IMAGES} test images or 'all'")
-    return value
 
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bench import progs
 from bench.core import interrupts
 from bench.core.config import TrainConfig
 from bench.core.data import load_mnist, loading_mnist
@@ -32,7 +33,7 @@ from bench.core.devices import resolve_device
 from bench.core.progress import stage
 from bench.core.splits import prepare_test
 from bench.errors import UserError, first_line, out_of_memory
-from bench.evaluation import gradvar, latents, likelihood_study
+from bench.evaluation import defaults, gradvar, latents, likelihood_study
 from bench.evaluation.nll import estimate_nll
 from bench.tracking.analyses import analysis_run
 from bench.tracking.lookup import get_run
@@ -42,9 +43,9 @@ from bench.tracking.ownership import Lease
 from bench.tracking.store import browse_hint, fluent_tracking_uri, open_store, ui_address
 from bench.tracking.tracker import NullTracker, Tracker
 
-PROG = "python -m bench.evaluate"
+PROG = progs.EVALUATE
 ARTIFACT_DIR = "evaluation"
-DEFAULT_NLL_SAMPLES = 1000  # the CLI's default; bench.run's --nll-samples defaults to 0 (off)
+DEFAULT_NLL_SAMPLES = defaults.NLL_SAMPLES
 
 
 def evaluate_model(model: nn.Module, test_x: Tensor, test_y: Tensor, tracker: Tracker, step: int,

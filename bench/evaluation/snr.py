@@ -31,14 +31,15 @@ import numpy as np
 import pandas as pd
 from torch import Tensor, nn
 
+from bench.evaluation import defaults
 from bench.evaluation.draws import PARTS, Moments, gradient_moments
 from variants.registry import Variant
 
-K_GRID = (1, 3, 10, 30, 100, 300, 1000)
-IMAGES = 8  # M, as in the first measurements
-REPEATS = 100  # R
-SEED = 2018
-GROUPS = 10  # jackknife groups of draws
+K_GRID = defaults.SNR_K_GRID
+IMAGES = defaults.SNR_IMAGES  # M
+REPEATS = defaults.SNR_REPEATS  # R
+SEED = defaults.SNR_SEED
+GROUPS = defaults.SNR_GROUPS  # jackknife groups of draws
 T_975 = 2.262  # t quantile (0.975, 9 degrees of freedom) for GROUPS = 10
 TAIL_K = 100
 STUDIED: dict[str, str] = {"iwae": "iwae", "iwae_dreg": "iwae_dreg", "iwae_stl": "iwae_stl", "elbo": "sgvb_a"}
@@ -171,6 +172,7 @@ def figure(table: pd.DataFrame, title: str, path: Path) -> Path:
     return path
 
 
+TRAINING_PREFIX = "snr/train/"  # bench.run --snr-every's metrics, logged into the run's "SNR during training"
 TRAIN_REPEATS = 100  # draws per SNR measurement during training (bench.run --snr-every)
 TRAIN_SEED = 2019
 
@@ -182,6 +184,6 @@ def training_snr(model: nn.Module, variant: Variant, x: Tensor, repeats: int = T
     out: dict[str, float] = {}
     for part in PARTS:
         s = moments[part].summary()
-        out[f"snr/train/{part}"] = s["snr_param"]
-        out[f"snr/train/norm/{part}"] = s["snr"]
+        out[f"{TRAINING_PREFIX}{part}"] = s["snr_param"]
+        out[f"{TRAINING_PREFIX}norm/{part}"] = s["snr"]
     return out

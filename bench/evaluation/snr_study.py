@@ -17,13 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import progs
 from bench.errors import UserError
 from bench.evaluation import snr
 from bench.evaluation.run_evaluation import open_run
 from bench.tracking.analyses import analysis_run, find_analysis_run
 from bench.tracking.names import SNR_ANALYSIS
 
-PROG = "python -m bench.snr"
+PROG = progs.SNR
 ARTIFACT_DIR = "snr"
 
 

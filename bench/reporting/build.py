@@ -18,6 +18,7 @@ import os
 import re
 from pathlib import Path
 
+from bench import progs
 from bench.errors import UserError
 from bench.reporting.anchors import anchors
 from bench.reporting.comparisons import comparisons
@@ -32,7 +33,7 @@ from bench.reporting.sections import FIGURES, Ctx, all_runs, configuration, fail
 from bench.reporting.tables import TABLES
 from bench.tracking.store import open_store
 
-PROG = "python -m bench.report"
+PROG = progs.REPORT
 
 
 def report_date(flag: str | None) -> str:

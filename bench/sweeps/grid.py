@@ -13,7 +13,7 @@ one filter the command prints (bench.tracking.names.sweep_filter) finds them all
 mlflow.search_runs, and ``bench.report --sweep <id>`` counts them in. The runs a sweep makes sit under its parent
 run (``<id> · grid``, bench.role=sweep, kept out of reports' comparisons); a reused run keeps the parent it had.
 Processes hand the cells out through a queue of Optuna trials in a bookkeeping study (bench.sweeps.queue, where
-the states of a cell are drawn).
+the states of a cell are drawn), by default in grid-queue.db, apart from bench.tune's studies (storage.grid_storage).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from mlflow import MlflowClient
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from bench import progs
 from bench.core.data import NAME as DATA_NAME
 from bench.core.devices import resolve_device
 from bench.core.interrupts import graceful_interrupts
@@ -39,17 +40,21 @@ from bench.sweeps import queue, studies, workers
 from bench.sweeps import storage as stg
 from bench.sweeps.cells import Cell, adopt, build_cells, finished_runs, grid_hash, run_seconds
 from bench.sweeps.process import open_store_and_data, quiet_optuna
+from bench.sweeps.study_summary import OBJECTIVE_ATTR
 from bench.tracking.mlflow_tracker import MlflowTracker
 from bench.tracking.names import FAILURE_TAG, PARENT_TAG, sweep_filter
 from bench.tracking.store import browse_hint, resolve_tracking_uri, ui_address
 from bench.training.identity import run_params, run_tags
 from bench.training.lifecycle import execute
 
-PROG = "python -m bench.grid"
-# The bookkeeping study's trial value: how long the cell's run took (never a test metric). optuna-dashboard 0.21
-# lists every study of the storage (storage.get_all_studies) and shows a "Best Trial" card for any COMPLETE trial
-# (storage.get_best_trial), with no attribute to turn either off: the objective's name says what the "best" is.
-METRIC = "run wall time in s (bookkeeping: the shortest run, not a best model)"
+PROG = progs.GRID
+# The bookkeeping study's trial value: how long the cell's run took, in s to 0.1 s (never a test metric). By default
+# the study lives in a storage of its own (storage.grid_storage), out of the tuning studies' dashboard; opened there
+# anyway, optuna-dashboard draws a "Best Trial" card for it (it does for any COMPLETE trial), which this names.
+METRIC = "run wall time in s (bookkeeping, not a best)"  # short: the dashboard's history axis is its title
+SECONDS_DECIMALS = 1
+NOTE = ("the run's wall time in s, to 0.1 s, for the ETA; its Best Trial card is the fastest run, not a best model "
+        "(compare the runs with bench.report)")
 ABOUT = ("bookkeeping of bench.grid: one trial per cell to run, its value the run's wall seconds; nothing is "
          "selected here (compare the runs with bench.report)")
 
@@ -115,7 +120,7 @@ class GridWorker:
         if done is not None:  # finished meanwhile (by another sweep, or a worker that was thought lost)
             adopt(self.client, done.info.run_id, self.sweep)
             self.storage.set_trial_user_attr(trial_id, workers.RUN_ATTR, done.info.run_id)
-            lease.finish(TrialState.COMPLETE, run_seconds(done))
+            lease.finish(TrialState.COMPLETE, round(run_seconds(done), SECONDS_DECIMALS))
             self._count("adopted")
             print(f"{cell.name}: FINISHED meanwhile as run {done.info.run_id}; adopted", flush=True)
             return
@@ -126,7 +131,8 @@ class GridWorker:
                                         **({PARENT_TAG: self.parent_id} if self.parent_id else {})})
         self.storage.set_trial_user_attr(trial_id, workers.RUN_ATTR, run.run_id)
         run.log_dataset(DATA_NAME, self.data.digest, self.data.source, "train", self.data.test_x[:1].numpy())
-        tracker = workers.LeasedTracker(run, lease)
+        began = time.perf_counter()  # the trial's value: the run's wall seconds, to 0.1 s
+        tracker = workers.LeasedTracker(run, lease, lambda: round(time.perf_counter() - began, SECONDS_DECIMALS))
         progress = not self.args.no_progress and sys.stderr.isatty()
         t0 = time.perf_counter()
         try:
@@ -170,11 +176,13 @@ def sweep_parent(client: MlflowClient, experiment_id: str, study: optuna.Study, 
 
 def open_study(args: argparse.Namespace, client: MlflowClient, sweep: str, ghash: str,
                n_cells: int) -> tuple[str, BaseStorage, optuna.Study, bool]:
-    spec = args.storage or stg.default_storage(client.tracking_uri)
+    name = study_name(sweep, ghash)
+    spec = args.storage or stg.grid_storage(client.tracking_uri, name)
     storage = stg.open_storage(spec)
-    study, created = stg.create_or_load(study_name(sweep, ghash), storage, optuna.samplers.RandomSampler(seed=0))
+    study, created = stg.create_or_load(name, storage, optuna.samplers.RandomSampler(seed=0))
     if created:
         study.set_metric_names([METRIC])
+        study.set_user_attr(OBJECTIVE_ATTR, NOTE)
     studies.agree_settings(study, {"kind": "grid", "about": ABOUT, "sweep": sweep, "cells": n_cells, "grid": ghash},
                            created, "use another --sweep")
     return spec, storage, study, created

@@ -1,11 +1,9 @@
 """What a tune or grid worker process does around its trials: quiet libraries, the store and data opened in
-parallel, stopwatches, and a quick exit."""
+parallel, and stopwatches (the quick exit is bench.cli.exit_process)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -31,18 +29,6 @@ def stopwatch(totals: dict[str, float], key: str) -> Iterator[None]:
         yield
     finally:
         totals[key] = totals.get(key, 0.0) + time.perf_counter() - t0
-
-
-def exit_now(status: int) -> None:
-    """End the process without the interpreter's module-by-module teardown, which takes 1-2 s once torch,
-    MLflow and Optuna are loaded and does nothing for us: every write is committed by then. atexit handlers
-    still run."""
-    import atexit
-
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
 
 
 def open_store_and_data(tracking_uri: str | None, experiment: str,

@@ -20,11 +20,40 @@ from bench.tracking.store import lock_for, redact, sqlite_path
 _TRANSIENT = ("locked", "already exists", "duplicate key", "deadlock", "could not serialize")
 
 
-def default_storage(tracking_uri: str) -> str:
-    """optuna.db beside a SQLite MLflow store (one folder holds both), else in the working directory."""
+TUNE_STORAGE = "optuna.db"  # bench.tune's studies: what optuna-dashboard is for
+GRID_STORAGE = "grid-queue.db"  # bench.grid's bookkeeping studies, apart: see grid_storage
+
+
+def default_storage(tracking_uri: str, file: str = TUNE_STORAGE) -> str:
+    """``file`` (optuna.db) beside a SQLite MLflow store (one folder holds both), else in the working directory."""
     db = sqlite_path(tracking_uri)
     folder = db.parent if db is not None else Path.cwd()
-    return f"sqlite:///{folder / 'optuna.db'}"
+    return f"sqlite:///{folder / file}"
+
+
+def _holds_study(url: str, name: str) -> bool:
+    """Whether the SQLite storage at ``url`` exists and has a study of that name (read-only: no schema made)."""
+    import sqlite3
+
+    path = sqlite_path(url)
+    if path is None or not path.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as db:
+            return db.execute("SELECT 1 FROM studies WHERE study_name = ?", (name,)).fetchone() is not None
+    except sqlite3.Error:
+        return False
+
+
+def grid_storage(tracking_uri: str, study: str) -> str:
+    """The grid's default storage: grid-queue.db beside the MLflow store, not optuna.db with the tuning studies.
+
+    optuna-dashboard 0.21 lists every study of the storage it is given and draws a "Best Trial" card for any study
+    with a COMPLETE trial (for the queue, the fastest run: a best that means nothing). Optuna has no attribute that
+    hides a study or that card, and a finished cell is COMPLETE, so the queue lives apart from what one browses.
+    A sweep whose study was made in optuna.db (before) stays there, so that its calls keep one queue and parent."""
+    new, old = default_storage(tracking_uri, GRID_STORAGE), default_storage(tracking_uri, TUNE_STORAGE)
+    return old if not _holds_study(new, study) and _holds_study(old, study) else new
 
 
 def _is_transient(e: Exception) -> bool:

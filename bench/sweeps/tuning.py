@@ -28,6 +28,7 @@ from mlflow.entities import Metric
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
+from bench import progs
 from bench.core.config import TrainConfig
 from bench.core.data import NAME as DATA_NAME
 from bench.core.devices import resolve_device
@@ -37,7 +38,15 @@ from bench.errors import NonFiniteLoss
 from bench.sweeps import storage as stg
 from bench.sweeps import studies, workers
 from bench.sweeps.process import open_store_and_data, quiet_optuna, stopwatch
-from bench.sweeps.study_summary import OBJECTIVE, summarise
+from bench.sweeps.study_summary import (
+    OBJECTIVE,
+    OBJECTIVE_ATTR,
+    OBJECTIVE_DECIMALS,
+    OBJECTIVE_LABEL,
+    OBJECTIVE_NOTE,
+    shown_params,
+    summarise,
+)
 from bench.tracking.mlflow_tracker import MlflowTracker
 from bench.tracking.names import FAILURE_TAG, PRUNED_TAG
 from bench.tracking.store import redact, resolve_tracking_uri, ui_address
@@ -46,7 +55,7 @@ from bench.training.loop import train
 from variants import search_space
 from variants.registry import REGISTRY, Variant
 
-PROG = "python -m bench.tune"
+PROG = progs.TUNE
 
 
 def process_seconds() -> float:
@@ -65,6 +74,14 @@ _IMPORTED = time.perf_counter()
 def default_study_name(variant: str, cfg: TrainConfig) -> str:
     limit = f"-n{cfg.limit_train}" if cfg.limit_train else ""
     return f"tune-{variant}-z{cfg.latent}-e{cfg.epochs}{limit}"
+
+
+def parent_name(study: str, variant: str, cfg: TrainConfig) -> str:
+    """The study's parent run, short enough for the runs table's Run Name column (about 20 characters; the full
+    study name was cut at "tune-sgvb_b-z2-e2-..."): what tells studies apart first, as the grid's "<id> · grid".
+    A default study is named by its variant and latent size (the rest is in its params and bench.study tag)."""
+    base = f"{variant}-z{cfg.latent}" if study == default_study_name(variant, cfg) else study
+    return f"{base} · tune"
 
 
 def study_settings(variant: Variant, cfg: TrainConfig, digest: str) -> dict[str, Any]:
@@ -166,7 +183,7 @@ class Worker:
                                   run_params(variant, cfg, self.data.digest), tags=tags)
         trial.set_user_attr(workers.RUN_ATTR, run.run_id)
         run.log_dataset(DATA_NAME, self.data.digest, self.data.source, "train", self.data.test_x[:1].numpy())
-        chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+        chosen = shown_params(trial.params)
         leased = workers.LeasedTracker(run, lease)
         tracker = TrialTracker(leased, trial, cfg.epochs, self.times)
         try:
@@ -174,7 +191,7 @@ class Worker:
                 result = train(variant, cfg, self.data, tracker, progress=self.progress,
                                log=lambda line: print(f"trial {trial.number} {line}", flush=True))
             value = result.history[-1][OBJECTIVE]
-            leased.value = lambda: value
+            leased.value = lambda: round(value, OBJECTIVE_DECIMALS)  # what the dashboard shows (study_summary)
             leased.finish("FINISHED")  # the trial turns COMPLETE first, if it is still this worker's
         except optuna.TrialPruned as e:
             return self._end(trial, leased, TrialState.PRUNED, "KILLED", {PRUNED_TAG: str(tracker.epoch)}, e,
@@ -191,7 +208,7 @@ class Worker:
             self._end(trial, leased, TrialState.FAIL, "FAILED", {}, f"{type(e).__name__}: {e}", "")
             raise
         self._count("complete")
-        return f"{OBJECTIVE} {value:.3f} [{chosen}]"
+        return f"{OBJECTIVE} {value:.{OBJECTIVE_DECIMALS}f} [{chosen}]"
 
     def _end(self, trial: optuna.Trial, run: workers.LeasedTracker, state: TrialState, status: str,
              tags: dict[str, str], why: object, outcome: str) -> str:
@@ -214,7 +231,7 @@ class Worker:
         except ValueError:
             print(f"{line}; no trial complete yet", flush=True)
             return
-        print(f"{line}; best {OBJECTIVE} {best.value:.3f} (trial {best.number})", flush=True)
+        print(f"{line}; best {OBJECTIVE} {best.value:.{OBJECTIVE_DECIMALS}f} (trial {best.number})", flush=True)
         if best.number <= number:
             self.client.log_batch(self.parent_id, metrics=[Metric("best_value", best.value,
                                                                   int(time.time() * 1000), number)])
@@ -240,14 +257,16 @@ def tune(args: argparse.Namespace) -> int:
     pruner = optuna.pruners.MedianPruner(n_startup_trials=args.prune_after)
     study, created = stg.create_or_load(name, storage, sampler, pruner)
     if created:
-        study.set_metric_names([OBJECTIVE])  # optuna-dashboard names the objective by it
+        study.set_metric_names([OBJECTIVE_LABEL])  # optuna-dashboard names the objective by it
+        study.set_user_attr(OBJECTIVE_ATTR, OBJECTIVE_NOTE)
     settings = study_settings(variant, cfg, data.digest)
     studies.agree_settings(study, settings, created, "give the same settings or another --study-name")
     parent_params = {**settings, "storage": redact(spec), "sampler": "TPESampler",
                      "pruner": f"MedianPruner(n_startup_trials={args.prune_after})", "direction": "minimize",
                      "search_space": "; ".join(d.describe() for d in search_space.dimensions(variant))}
     parent_id = studies.parent_run(client, experiment_id, study, created, parent_params,
-                                   f"Optuna study {name}: {REGISTRY[variant.name].description}")
+                                   f"Optuna study {name}: {REGISTRY[variant.name].description}",
+                                   run_name=parent_name(name, variant.name, cfg))
     print(f"study {name} ({'created' if created else 'joined'}) on {redact(spec)}; parent run {parent_id} "
           f"at {ui_address(client, experiment_id, parent_id)}", flush=True)
     worker = Worker(client, args.experiment, study, storage, parent_id, variant, cfg, data, args.heartbeat,

@@ -9,13 +9,14 @@ the tracking server's ``mlflow-artifacts:/PATH``, which ``mlflow server``/``mlfl
 at the moment MLflow opens the repository, through MLflow's artifact-repository registry. For http(s) tracking
 URIs it is MLflow's own ``MlflowArtifactsRepository``, unchanged.
 
-The resolver is registered in every process that imports ``bench.tracking`` and, through the entry point
+The resolver is registered in every process that imports ``bench.tracking.store`` and, through the entry point
 ``mlflow.artifact_repository`` in pyproject.toml, in any MLflow process of an environment where vae-bench is
 installed (so plain ``mlflow.pytorch.load_model("runs:/...")`` on a SQLite store works too).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -54,16 +55,38 @@ def repository(artifact_uri: str, tracking_uri: str | None = None,
     from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
     from mlflow.tracking._tracking_service.utils import get_tracking_uri
 
+    _no_run_id_cache()  # also in processes that found this factory through the entry point only
     local = local_artifacts(artifact_uri, tracking_uri or get_tracking_uri())
     if local is None:
         return MlflowArtifactsRepository(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
     return LocalArtifactRepository(local.as_uri(), tracking_uri=tracking_uri, registry_uri=registry_uri)
 
 
+class _Uncached(OrderedDict):
+    """MLflow 3.17 caches each run's artifact repository in a process-wide dict keyed by the run id alone
+    (``_tracking_service.utils._artifact_repos_cache``). A copied store holds the same run ids, so a process that
+    opens the copy after the original would write the copy's artifacts into the original's folder (found by
+    tests/tracking/test_store_relocation.py). Nothing is kept: each artifact call resolves the run's location in
+    its own store, one indexed query."""
+
+    def get(self, key: object, default: object = None) -> object:
+        return default
+
+    def __setitem__(self, key: object, value: object) -> None:
+        pass
+
+
+def _no_run_id_cache() -> None:
+    from mlflow.tracking._tracking_service import utils
+
+    if not isinstance(getattr(utils, "_artifact_repos_cache", None), (_Uncached, type(None))):
+        utils._artifact_repos_cache = _Uncached()
+
+
 def register() -> None:
+    """Resolve ``mlflow-artifacts:/`` in this process (bench.tracking.store calls it on import)."""
     from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry
 
     _artifact_repository_registry.register(SCHEME, repository)
+    _no_run_id_cache()
 
-
-register()  # on import of bench.tracking (its __init__ imports this module)

@@ -35,6 +35,7 @@ class MlflowTracker:
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self.client = client
         self.run_id = run_id
+        self.analyses: dict[str, MlflowTracker] = {}  # analysis runs this process has logged into, by analysis
 
     @classmethod
     def start(cls, client: MlflowClient, experiment: str, run_name: str, params: dict[str, Any],
@@ -53,6 +54,15 @@ class MlflowTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_analysis_metrics(self, analysis: str, metrics: dict[str, float], step: int) -> None:
+        """Metrics of ``analysis`` (an SNR measured during training) into its run nested under this one
+        (bench.tracking.analyses): made on first use, found again by a resumed run, ended with this run."""
+        if analysis not in self.analyses:
+            from bench.tracking.analyses import analysis_run  # it builds on this class
+
+            self.analyses[analysis] = analysis_run(self.client, self.run_id, analysis)
+        self.analyses[analysis].log_metrics(metrics, step)
 
     def log_new_params(self, params: dict[str, Any]) -> None:
         """Log the params the run does not have yet (MLflow params cannot change once logged)."""
@@ -144,7 +154,10 @@ class MlflowTracker:
         return [m for m in found if m.name == MODEL_NAME]
 
     def finish(self, status: str = "FINISHED") -> None:
+        """End the run, and the analysis runs it logged into here with the same status (they are its epochs')."""
         self.client.set_terminated(self.run_id, status=status)
+        for analysis in self.analyses.values():
+            analysis.finish(status)
 
     def mark_running(self) -> None:
         """Running again (a resumed run): the reason it stopped last time no longer describes it."""

@@ -46,7 +46,8 @@ ANALYSIS_TAG = "bench.analysis"  # a run nested under a training run: which anal
 ANALYSIS_OF_TAG = "bench.analysis_of"  # on such a run: the training run's id (also mlflow.parentRunId)
 # Analyses (ANALYSIS_TAG's values; an analysis run is named "<run name> · <analysis>")
 GRADVAR_ANALYSIS = "gradient variance"  # bench.evaluate --gradient-variance
-SNR_ANALYSIS = "SNR study"  # bench.snr, and bench.run --snr-every's per-epoch curves
+SNR_ANALYSIS = "SNR study"  # bench.snr
+TRAINING_SNR_ANALYSIS = "SNR during training"  # bench.run --snr-every's per-epoch curves (snr/train/...)
 
 
 

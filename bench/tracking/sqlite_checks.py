@@ -10,13 +10,14 @@ import sqlite3
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
-
-from mlflow import MlflowClient
-from mlflow.entities import ViewType
 
 from bench.errors import UserError, first_line
 from bench.tracking.artifacts import sqlite_path
+
+if TYPE_CHECKING:  # MLflow is imported where a client is used: these checks run before it loads (precheck)
+    from mlflow import MlflowClient
 
 SQLITE_FORMS = "sqlite:///RELATIVE/PATH.db or sqlite:////ABSOLUTE/PATH.db (three slashes before the path)"
 OLD_ARTIFACTS = "mlruns"  # where stores made before store-relative artifacts keep them, by absolute path
@@ -53,9 +54,17 @@ def writable(folder: Path) -> None:
                         "give --tracking-uri a store in a writable folder") from None
 
 
+_SOUND: set[tuple[str, int, int]] = set()  # (path, size, mtime) of databases found sound by this process
+
+
 def sound(db: Path) -> None:
     """A damaged database (truncated, overwritten header or pages) is refused before MLflow meets it mid-run.
-    PRAGMA quick_check reads every page once: 0.29 s for a 15 MB database here (a loaded 2-core machine)."""
+    PRAGMA quick_check reads every page once: 0.29 s for a 15 MB database here (a loaded 2-core machine); a
+    file unchanged since this process checked it is not read again (a command's precheck, then open_store)."""
+    st = db.stat()
+    key = (str(db), st.st_size, st.st_mtime_ns)
+    if key in _SOUND:
+        return
     try:
         con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=30)
         try:
@@ -69,11 +78,14 @@ def sound(db: Path) -> None:
         problem = result[0] if result else "no answer"
         raise UserError(f"tracking database {db} is damaged ({first_line(problem)}); restore it from a copy, "
                         "or give --tracking-uri another store")
+    _SOUND.add(key)
 
 
 def check_relocated(client: MlflowClient, db: Path, slug: Callable[[str], str]) -> None:
     """Stores made before artifacts became store-relative record ``file:///OLD/mlruns/SLUG``: moved, they point at
     nothing; copied, at their original, which a resume would then write into. Refuse both in one line."""
+    from mlflow.entities import ViewType
+
     for exp in client.search_experiments(view_type=ViewType.ALL):
         location = exp.artifact_location or ""
         if not location.startswith("file:"):

@@ -8,8 +8,6 @@ import hashlib
 import os
 import re
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -21,7 +19,14 @@ from bench.errors import UserError, first_line
 from bench.tracking import artifacts
 from bench.tracking.artifacts import ARTIFACTS_DIR, sqlite_path
 from bench.tracking.locks import StoreLock
-from bench.tracking.names import DEFAULT_TRACKING_URI, EXPERIMENT_NOTES, NOTE_TAG, OTHER_EXPERIMENT_NOTE
+from bench.tracking.names import EXPERIMENT_NOTES, NOTE_TAG, OTHER_EXPERIMENT_NOTE
+from bench.tracking.precheck import (  # noqa: F401  (check_server, redact: re-exported)
+    check_database,
+    check_form,
+    check_server,
+    redact,
+    resolve_tracking_uri,
+)
 from bench.tracking.sqlite_checks import check_relocated, check_sqlite
 
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
@@ -30,10 +35,7 @@ SLUG_MAX = 64  # an artifact folder per experiment: long names are cut (and told
 
 __all__ = ["sqlite_path", "ARTIFACTS_DIR"]
 
-
-def resolve_tracking_uri(uri: str | None) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (MLflow's default)."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+artifacts.register()  # store-relative artifact URIs, resolved in the store's folder (bench.tracking.artifacts)
 
 
 def lock_for(uri: str) -> StoreLock:
@@ -45,49 +47,6 @@ def lock_for(uri: str) -> StoreLock:
     return StoreLock(str(Path(tempfile.gettempdir()) / f"vae-bench-{key}.lock"))
 
 
-def check_server(uri: str, timeout: float = 5.0) -> None:
-    """An http(s) tracking URI must answer 2xx on /health (a proxy may answer 404 for anything)."""
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
-            if 200 <= response.status < 300:
-                return
-            reason = f"HTTP {response.status}"
-    except urllib.error.HTTPError as e:
-        reason = f"HTTP {e.code}"
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = str(getattr(e, "reason", e))
-    raise UserError(f"tracking server {uri} is not reachable ({reason}); start it, or use a sqlite:/// URI")
-
-
-def check_database(uri: str, timeout: int = 10) -> None:
-    """One quick connection to a database URI's server: MLflow retries a failing one for ~100 s and then
-    raises a traceback. A missing driver module raises ModuleNotFoundError, as MLflow would."""
-    scheme = uri.split(":", 1)[0].split("+")[0]
-    if scheme not in ("postgresql", "mysql", "mssql"):
-        return
-    import sqlalchemy
-    from sqlalchemy.pool import NullPool
-
-    connect_args = {"connect_timeout": timeout} if scheme in ("postgresql", "mysql") else {"timeout": timeout}
-    try:
-        engine = sqlalchemy.create_engine(uri, connect_args=connect_args, poolclass=NullPool)
-    except (sqlalchemy.exc.ArgumentError, ValueError) as e:
-        raise UserError(f"tracking URI {redact(uri)} is malformed ({e})") from None
-    try:
-        engine.connect().close()
-    except sqlalchemy.exc.SQLAlchemyError as e:
-        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-        raise UserError(f"tracking database {redact(uri)} cannot be reached ({reason}); start it, or use a "
-                        "sqlite:/// URI") from None
-    finally:
-        engine.dispose()
-
-
-def redact(uri: str) -> str:
-    """The URI without its password, for messages."""
-    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", uri)
-
-
 def open_store(uri: str | None, existing: bool = False, read_only: bool = False) -> MlflowClient:
     """A client for the store, created once under a file lock (MLflow 3.17 crashes when two processes
     migrate a new SQLite store at once). Unreachable, malformed, damaged or unwritable stores are user errors; so
@@ -97,9 +56,7 @@ def open_store(uri: str | None, existing: bool = False, read_only: bool = False)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
         return MlflowClient(uri)
-    if uri.startswith("file:") or "://" not in uri:
-        raise UserError(f"tracking URI {uri!r} is a file store, which MLflow 3 no longer accepts by default; "
-                        "use sqlite:///PATH.db, postgresql://... or http://HOST:PORT")
+    check_form(uri)
     db = check_sqlite(uri, existing=existing, read_only=read_only)
     try:
         check_database(uri)

@@ -12,6 +12,8 @@ from torch import nn
 class Tracker(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
+    def log_analysis_metrics(self, analysis: str, metrics: dict[str, float], step: int) -> None: ...
+
     def log_new_params(self, params: dict[str, Any]) -> None: ...
 
     def log_settings(self, settings: dict[str, Any], step: int) -> None: ...
@@ -27,6 +29,9 @@ class NullTracker:
     """Tracks nothing (tests, and `--no-tracking` speed measurements)."""
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_analysis_metrics(self, analysis: str, metrics: dict[str, float], step: int) -> None:
         pass
 
     def log_new_params(self, params: dict[str, Any]) -> None:
@@ -50,6 +55,7 @@ class MemoryTracker(NullTracker):
 
     def __init__(self) -> None:
         self.metrics: dict[int, dict[str, float]] = {}
+        self.analyses: dict[str, dict[int, dict[str, float]]] = {}  # analysis -> step -> metrics
         self.params: dict[str, Any] = {}
         self.settings: dict[int, dict[str, list[Any]]] = {}  # step -> setting -> every value used at that step
         self.artifacts: list[str] = []
@@ -58,6 +64,9 @@ class MemoryTracker(NullTracker):
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.metrics.setdefault(step, {}).update(metrics)
+
+    def log_analysis_metrics(self, analysis: str, metrics: dict[str, float], step: int) -> None:
+        self.analyses.setdefault(analysis, {}).setdefault(step, {}).update(metrics)
 
     def log_new_params(self, params: dict[str, Any]) -> None:
         for k, v in params.items():

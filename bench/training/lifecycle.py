@@ -18,6 +18,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from bench import progs
 from bench.core import interrupts
 from bench.core.config import TrainConfig
 from bench.core.data import MNIST, loading_mnist
@@ -31,24 +32,12 @@ from bench.tracking.mlflow_tracker import MlflowTracker
 from bench.tracking.names import FAILURE_TAG, NLL_TAG
 from bench.tracking.ownership import Lease
 from bench.tracking.store import browse_hint, open_store, resolve_tracking_uri, ui_address
+from bench.training.arguments import variant_from_args
 from bench.training.identity import run_name, run_params, run_tags
 from bench.training.loop import train
-from variants.registry import REGISTRY, Variant, get_variant
+from variants.registry import Variant
 
-PROG = "python -m bench.run"
-
-
-def variant_from_args(args: argparse.Namespace) -> Variant:
-    try:
-        variant = get_variant(args.variant).replace(
-            samples=args.samples, decoder=args.decoder, hidden=args.hidden,
-            gaussian_variance=args.gaussian_variance, learn_variance=args.learn_variance)
-    except (KeyError, ValueError) as e:
-        raise UserError(str(e).strip("'\"")) from None
-    if variant.decoder != "gaussian" and (args.gaussian_variance is not None or args.learn_variance):
-        raise UserError(f"--gaussian-variance and --learn-variance set the Gaussian decoder's c, and {variant.name} "
-                        "decodes with a Bernoulli; add --decoder gaussian or pick a gaussian variant")
-    return variant
+PROG = progs.RUN
 
 
 @dataclass
@@ -99,36 +88,11 @@ def new_run(client: MlflowClient, args: argparse.Namespace, data: Callable[[], M
     return Job(tracker, variant, cfg, mnist, None, lease)
 
 
-def prewarm(module: str = "torch._dynamo") -> None:
-    """Import ``module`` on a thread, while the store opens and the data loads: what the first optimiser step would
-    import (torch._dynamo: about 3 s here; torch.optim imports it on first use).
-
-    The thread is a daemon, so a start-up that fails (a bad store: one line, exit 2) does not wait for it; the
-    process may then exit, or run its atexit callbacks, under the import. Whatever that does to the import is
-    dropped here, silently: a prewarm is only a head start, and the real import on the first step reports a real
-    failure where it matters. No traceback of this thread can follow a command's one-line error (issue 17)."""
-    import contextlib
-    import threading
-
-    def quietly() -> None:
-        with contextlib.suppress(BaseException):  # see above: the first step's own import reports
-            __import__(module)
-
-    threading.Thread(target=quietly, name="prewarm", daemon=True).start()
-
-
-def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    """What ``python -m bench.run`` does with its arguments."""
+def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> int:
+    """What ``python -m bench.run`` does with its arguments (``args``, parsed by ``parser`` from ``argv``)."""
     from bench.training.resume import resumed_run
 
-    args = parser.parse_args(argv)
     locks.set_waiting(bool(args.wait))  # --wait also waits for the store's locks
-    if args.list:
-        width = max(map(len, REGISTRY))
-        for name, v in REGISTRY.items():
-            print(f"{name:<{width}}  {v.description}")
-        return 0
-    prewarm()
     life = Life()
     try:
         # MNIST is decompressed and checksummed (GIL released) while the store opens.

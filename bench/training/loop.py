@@ -29,8 +29,9 @@ from bench.core.rng import SHUFFLE, TRAIN_NOISE, generator
 from bench.core.splits import BINARIZE_SEED, binarize, prepare_data, validation_data
 from bench.errors import NonFiniteLoss
 from bench.evaluation.images import save_grids
-from bench.evaluation.snr import training_snr
+from bench.evaluation.snr import TRAINING_PREFIX, training_snr
 from bench.evaluation.test_elbo import evaluate_test
+from bench.tracking.names import TRAINING_SNR_ANALYSIS
 from bench.tracking.tracker import NullTracker, Tracker
 from variants.model import VAE
 from variants.registry import Variant
@@ -53,8 +54,25 @@ def build(variant: Variant, cfg: TrainConfig) -> tuple[VAE, torch.optim.Optimize
     model = variant.build_model(cfg.latent).to(device)
     fused = device.type in ("cpu", "cuda")  # one kernel for the whole update instead of one per tensor
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, fused=fused or None)
+    with critical():  # the first optimiser imports torch._dynamo (seconds): a signal never lands inside an import
+        opt = torch.optim.Adam(params, lr=cfg.lr, fused=fused or None)
     return model, opt
+
+
+def split_epoch(metrics: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """(the run's own curves, the SNR measured during training) of one epoch's metrics."""
+    snr = {k: v for k, v in metrics.items() if k.startswith(TRAINING_PREFIX)}
+    return {k: v for k, v in metrics.items() if k not in snr}, snr
+
+
+def log_epoch(tracker: Tracker, metrics: dict[str, float], step: int) -> None:
+    """One epoch's metrics: the curves on the run; the SNR (snr/train/...) on its analysis run "SNR during
+    training", since slash sections on the run itself would come before its loss curves in MLflow's run page.
+    The run's first: a resume that finds them at this step checks the analysis run's on its own."""
+    curves, snr = split_epoch(metrics)
+    tracker.log_metrics(curves, step=step)
+    if snr:
+        tracker.log_analysis_metrics(TRAINING_SNR_ANALYSIS, snr, step=step)
 
 
 def train(
@@ -71,7 +89,8 @@ def train(
 
     ``start`` is a checkpoint dict (as given to ``tracker.save_checkpoint``) to resume from.
     Raises NonFiniteLoss when the loss stops being finite; KeyboardInterrupt passes through.
-    ``snr_every`` N > 0: every N epochs, the gradient SNR on a fixed minibatch (snr/train/..., bench.evaluation.snr).
+    ``snr_every`` N > 0: every N epochs, the gradient SNR on a fixed minibatch (snr/train/..., bench.evaluation.snr),
+    logged into the run's analysis run (log_epoch); the checkpoint's metrics and the history hold it too.
     """
     tracker = tracker or NullTracker()
     device = torch.device(cfg.device)
@@ -143,7 +162,7 @@ def train(
             if snr_every and epoch % snr_every == 0:
                 t_snr = time.perf_counter()
                 metrics.update(training_snr(model, variant, snr_x))
-                metrics["snr/train/seconds"] = time.perf_counter() - t_snr
+                metrics[f"{TRAINING_PREFIX}seconds"] = time.perf_counter() - t_snr
             # The checkpoint carries the epoch's metrics, epoch_seconds among them: a process killed between the
             # two writes (SIGKILL, a store failure) loses nothing, as --resume logs them from the checkpoint.
             # Signals wait until both are written.
@@ -155,7 +174,7 @@ def train(
                 tracker.save_checkpoint({"epoch": epoch, "model": model.state_dict(),
                                          "optimizer": opt.state_dict(), "metrics": metrics,
                                          "torch_rng": torch.get_rng_state()})
-                tracker.log_metrics(metrics, step=epoch)
+                log_epoch(tracker, metrics, step=epoch)
             history.append(metrics)
             log(f"====> Epoch: {epoch} Average loss: {metrics['train_loss']:.4f}  "
                 f"(recon {recon:.2f} + kld {kld:.2f})  {prefix} loss: {metrics[f'{prefix}_loss']:.4f}  "

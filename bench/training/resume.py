@@ -14,12 +14,14 @@ from bench.core.data import MNIST
 from bench.core.devices import resolve_device
 from bench.core.splits import split_validation
 from bench.errors import UserError
+from bench.tracking.analyses import find_analysis_run
 from bench.tracking.lookup import get_run
 from bench.tracking.mlflow_tracker import MlflowTracker, param_value
-from bench.tracking.names import EPOCHS_TAG, NLL_TAG, SWEEP_TAG
+from bench.tracking.names import EPOCHS_TAG, NLL_TAG, SWEEP_TAG, TRAINING_SNR_ANALYSIS
 from bench.tracking.ownership import Lease
 from bench.training.identity import restore
 from bench.training.lifecycle import Job, Life, say_where
+from bench.training.loop import split_epoch
 
 # What a resumed run keeps from its start (its params); a resume may change only the other flags.
 FIXED_ON_RESUME = ("variant", "latent", "samples", "decoder", "hidden", "gaussian_variance", "learn_variance",
@@ -58,6 +60,20 @@ def differing(client: MlflowClient, run: Any, args: argparse.Namespace, dests: S
     return out
 
 
+def log_missing(client: MlflowClient, tracker: MlflowTracker, metrics: dict[str, float], step: int,
+                history: Sequence[Any]) -> None:
+    """The checkpointed epoch's metrics that the run, or its "SNR during training" run, lacks at ``step`` (the
+    run's are logged first, so either can be missing alone)."""
+    curves, snr = split_epoch(metrics)
+    if not any(m.step == step for m in history):
+        tracker.log_metrics(curves, step=step)
+    if snr:
+        found = find_analysis_run(client, tracker.run_id, TRAINING_SNR_ANALYSIS)
+        key = next(iter(snr))
+        if found is None or not any(m.step == step for m in client.get_metric_history(found, key)):
+            tracker.log_analysis_metrics(TRAINING_SNR_ANALYSIS, snr, step=step)
+
+
 def resumed_run(client: MlflowClient, parser: argparse.ArgumentParser, args: argparse.Namespace,
                 argv: list[str] | None, data: Callable[[], MNIST], life: Life) -> Job | None:
     """The run of --resume, claimed and ready to go on from its checkpoint (None: it has nothing left to do).
@@ -73,6 +89,8 @@ def resumed_run(client: MlflowClient, parser: argparse.ArgumentParser, args: arg
     variant, cfg = restore(run, args.epochs, resolve_device(args.device))
     if not given(parser, argv, ["nll_samples"]):  # the final evaluation the run was started with
         args.nll_samples = int(run.data.tags.get(NLL_TAG, 0))
+    if not given(parser, argv, ["snr_every"]):  # and its SNR during training, which would otherwise stop here
+        args.snr_every = int(run.data.params.get("snr_every", 0))
     tracker = MlflowTracker(client, run_id)
     lease = life.lease = Lease(client, run_id, "training")
     interrupts.set_phase(interrupts.OWNING)  # from here a signal releases the claim (and, once touched, kills)
@@ -97,8 +115,8 @@ def resumed_run(client: MlflowClient, parser: argparse.ArgumentParser, args: arg
             life.tracker = tracker
             if str(cfg.epochs) != run.data.params.get("epochs") or EPOCHS_TAG in run.data.tags:
                 tracker.set_tags({EPOCHS_TAG: str(cfg.epochs)})
-            if start is not None and not any(m.step == done for m in history):
-                tracker.log_metrics(start["metrics"], step=done)  # killed between checkpoint and metrics
+            if start is not None:  # killed between the checkpoint and its metrics: they are logged from it
+                log_missing(client, tracker, start["metrics"], done, history)
             tracker.mark_running()
     except KeyboardInterrupt:
         raise

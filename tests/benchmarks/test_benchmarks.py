@@ -74,3 +74,21 @@ def test_dreg_speed_times_an_epoch_of_each_contender() -> None:
     x = torch.rand(256, 784)
     for est in (dreg_speed.iwae, dreg_speed.iwae_dreg, dreg_speed.two_pass):
         assert dreg_speed.epoch_seconds(est, x, 2, seed=0) > 0
+
+
+def test_the_start_up_benchmark_times_the_light_commands(tmp_path: Path) -> None:
+    """benchmarks/startup.py end to end on its quick cases: one line per case, with a time (the figures
+    themselves are for the closing notes, not for a test on a shared machine)."""
+    import os
+    import re
+    import subprocess
+
+    from tests.conftest import CODE, REPO
+
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "startup.py"), "--rounds", "1", "--only",
+                           "help,list"], capture_output=True, text=True, timeout=300, env={**os.environ, **CODE})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert "logical cores" in lines[0]
+    assert [line.split()[0] for line in lines[1:]] == ["help", "list"]
+    assert all(re.match(r"\w+\s+\d+\.\d\d s", line) for line in lines[1:]), lines

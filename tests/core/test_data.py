@@ -188,3 +188,18 @@ def test_data_dir_that_is_not_a_folder(tmp_path: Path) -> None:
 def test_empty_folder_names_the_first_missing_file(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=FILES[0]):
         load_mnist(tmp_path)
+
+
+def test_a_file_changed_after_a_load_is_read_and_checked_again(tmp_path: Path) -> None:
+    """A process keeps the checked bytes of what it loaded (a grid worker's runs load MNIST once); a file that
+    changes afterwards, here corrupted in place, is read again and refused, not served from memory."""
+    for stem in MD5:
+        shutil.copy(bundled_dir() / f"{stem}.gz", tmp_path / f"{stem}.gz")
+    first, again = load_mnist(tmp_path), load_mnist(tmp_path)
+    assert torch.equal(first.test_y, again.test_y) and first.test_x is not again.test_x  # fresh tensors each time
+    target = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    data = bytearray(gzip.decompress(target.read_bytes()))
+    data[500] ^= 0x04
+    target.write_bytes(gzip.compress(bytes(data)))
+    with pytest.raises(UserError, match="t10k-labels-idx1-ubyte.gz is corrupt"):
+        load_mnist(tmp_path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,9 +16,14 @@ from mlflow import MlflowClient
 
 from bench.cli import main_guard
 from bench.evaluation import snr
+from bench.reporting.data import load
+from bench.run import main as run_main
 from bench.snr import PROG
 from bench.snr import main as snr_main
 from bench.tracking.analyses import find_analysis_run
+from bench.tracking.mlflow_tracker import MlflowTracker
+from bench.tracking.names import ANALYSIS_TAG, PARENT_TAG, TRAINING_SNR_ANALYSIS
+from bench.training.resume import log_missing
 from tests.conftest import train_one
 from variants.model import VAE
 
@@ -69,14 +75,83 @@ def run_with_snr(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
                      "--epochs", "2", "--limit-train", "256", "--snr-every", "1")
 
 
-def test_snr_every_logs_the_snr_at_those_epochs(run_with_snr: tuple[str, str]) -> None:
+SNR_KEYS = ("snr/train/encoder", "snr/train/decoder", "snr/train/norm/encoder", "snr/train/seconds")
+
+
+def _training_snr_runs(client: MlflowClient, run_id: str) -> list[Any]:
+    exp = client.get_run(run_id).info.experiment_id
+    return client.search_runs([exp], f"tags.`{ANALYSIS_TAG}` = '{TRAINING_SNR_ANALYSIS}'")
+
+
+def test_snr_every_logs_the_snr_at_those_epochs_into_a_nested_run(run_with_snr: tuple[str, str]) -> None:
     uri, run_id = run_with_snr
     client = MlflowClient(uri)
-    assert client.get_run(run_id).data.params["snr_every"] == "1"
-    for name in ("snr/train/encoder", "snr/train/decoder", "snr/train/norm/encoder", "snr/train/seconds"):
-        history = client.get_metric_history(run_id, name)
+    run = client.get_run(run_id)
+    assert run.data.params["snr_every"] == "1"
+    # The training run's Model metrics tab opens on its curves: no slash section on it.
+    assert not [k for k in run.data.metrics if k.startswith("snr/")] and "train_loss" in run.data.metrics
+    (child,) = _training_snr_runs(client, run_id)
+    assert child.info.run_id == find_analysis_run(client, run_id, TRAINING_SNR_ANALYSIS)
+    assert child.data.tags[PARENT_TAG] == run_id and child.info.status == "FINISHED"
+    assert child.info.run_name == f"{run.info.run_name} · {TRAINING_SNR_ANALYSIS}"
+    assert child.data.params["snr_every"] == "1" and child.data.params["latent"] == "2"
+    for name in SNR_KEYS:
+        history = client.get_metric_history(child.info.run_id, name)
         assert sorted(m.step for m in history) == [1, 2], name
         assert all(math.isfinite(m.value) and m.value > 0 for m in history)
+
+
+def test_a_resumed_run_keeps_one_snr_run_with_every_epoch(tmp_path: Path) -> None:
+    uri, run_id = train_one(tmp_path, "--variant", "sgvb_b", "--latent", "2", "--hidden", "20", "--epochs", "1",
+                            "--limit-train", "256", "--snr-every", "1")
+    client = MlflowClient(uri)
+    (first,) = _training_snr_runs(client, run_id)
+    # --snr-every is not given again: the resume keeps the run's own
+    assert run_main(["--resume", run_id, "--epochs", "2", "--device", "cpu", "--tracking-uri", uri,
+                     "--no-progress"]) == 0
+    (again,) = _training_snr_runs(client, run_id)
+    assert again.info.run_id == first.info.run_id and again.info.status == "FINISHED"
+    for name in SNR_KEYS:
+        assert sorted(m.step for m in client.get_metric_history(again.info.run_id, name)) == [1, 2], name
+    assert not [k for k in client.get_run(run_id).data.metrics if k.startswith("snr/")]
+
+
+def test_a_checkpointed_epoch_whose_snr_was_not_logged_is_logged_on_resume(tmp_path: Path) -> None:
+    """A process killed after the run's metrics of an epoch and before its SNR's: the resume logs the SNR from the
+    checkpoint into the one nested run, and the run's own metrics are not logged twice."""
+    uri, run_id = train_one(tmp_path, "--variant", "sgvb_b", "--latent", "2", "--hidden", "20", "--epochs", "1",
+                            "--limit-train", "256", "--snr-every", "1")
+    client = MlflowClient(uri)
+    (child,) = _training_snr_runs(client, run_id)
+    client.delete_run(child.info.run_id)  # as if it had never been logged (deleted runs are not searched)
+    tracker = MlflowTracker(client, run_id)
+    start = tracker.load_checkpoint()
+    assert start is not None and "snr/train/encoder" in start["metrics"]
+    log_missing(client, tracker, start["metrics"], 1, client.get_metric_history(run_id, "train_loss"))
+    tracker.finish()
+    (child,) = _training_snr_runs(client, run_id)
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "snr/train/encoder")] == [1]
+    assert child.data.metrics["snr/train/encoder"] == start["metrics"]["snr/train/encoder"]
+    assert len(client.get_metric_history(run_id, "train_loss")) == 1
+
+
+def test_the_report_reads_the_training_snr_from_the_nested_run_and_from_old_stores(
+        run_with_snr: tuple[str, str], tmp_path: Path) -> None:
+    uri, run_id = run_with_snr
+    client = MlflowClient(uri)
+    child = find_analysis_run(client, run_id, TRAINING_SNR_ANALYSIS)
+    data = load(client)
+    (row,) = data.runs[data.runs["run_id"] == run_id].to_dict("records")
+    assert row["snr/train/encoder"] == client.get_run(child).data.metrics["snr/train/encoder"]
+    assert run_id in set(data.main["run_id"]) and child not in set(data.runs["run_id"])
+    # A store made before: the SNR on the training run itself
+    old = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    t = MlflowTracker.start(old, "vae-bench", "sgvb_b-z2-L1-s1", {"variant": "sgvb_b", "latent": 2, "seed": 1})
+    t.log_metrics({"train_loss": 150.0, "test_loss": 140.0, "snr/train/encoder": 0.25}, step=1)
+    t.log_metrics({"train_loss": 149.0, "test_loss": 139.0, "snr/train/encoder": 0.5}, step=2)
+    t.finish()
+    data = load(old)
+    assert data.runs.loc[data.runs["run_id"] == t.run_id, "snr/train/encoder"].tolist() == [0.5]
 
 
 def test_bench_snr_logs_the_study_into_the_run(run_with_snr: tuple[str, str], tmp_path: Path,
@@ -88,7 +163,7 @@ def test_bench_snr_logs_the_study_into_the_run(run_with_snr: tuple[str, str], tm
             "--device", "cpu", "--out", str(tmp_path / "out")]
     assert snr_main(argv) == 0
     assert client.get_run(run_id).info.status == status
-    assert not any(k.startswith("snr/") and "/train/" not in k for k in client.get_run(run_id).data.metrics)
+    assert not any(k.startswith("snr/") for k in client.get_run(run_id).data.metrics)
     run_id = find_analysis_run(client, run_id, "SNR study")  # the study sits in the analysis run nested under it
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["bench.analysis"] == "SNR study"

@@ -1,10 +1,12 @@
 """Variants from outside the package: docs/plugins.md's worked example, installed as a real package (pip into a
-temporary folder, found through its entry point) and run end to end by every command in subprocesses; a plugin
+temporary folder, found through its entry point) and run end to end by every command in a process of its own; a plugin
 that fails to import, or takes a name already registered, stops a command with one line and exit status 2.
 The real environment is untouched: the package lives in tmp_path and reaches the commands through PYTHONPATH."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -80,33 +82,62 @@ def _ok(proc: subprocess.CompletedProcess[str]) -> str:
     return proc.stdout
 
 
+# Every command's main() in turn, in one process that found the plugin through its entry point: a process per
+# command would pay the interpreter's start-up eight times over (start-up and exit are tested in tests/commands).
+DRIVER = """
+import importlib, json, sys
+from bench.cli import main_guard
+for module, args in json.loads(sys.argv[1]):
+    status = main_guard(importlib.import_module(module).main, module)(args)
+    print(f"@@ {module} exited {status}", flush=True)
+    if status:
+        sys.exit(status)
+"""
+
+
 def test_a_plugin_variant_runs_through_every_command(plugin_path: str, tmp_path: Path, migrated_store: Path) -> None:
-    env = {"PYTHONPATH": plugin_path}
+    env = {"PYTHONPATH": plugin_path, "OMP_NUM_THREADS": "1"}
     uri = copy_store(migrated_store, tmp_path / "store")
     assert "renyi_a05_k5" in _ok(_run("bench.run", "--list", env=env))
     small = ["--latent", "2", "--limit-train", "200", "--device", "cpu", "--tracking-uri", uri, "--no-progress"]
-    _ok(_run("bench.run", "--variant", "renyi_a05_k5", "--epochs", "1", "--binarize", "dynamic", *small, env=env))
-    _ok(_run("bench.run", "--variant", "renyi_laplace", "--epochs", "1", *small, env=env))
+    train = [["bench.run", ["--variant", "renyi_a05_k5", "--epochs", "1", "--binarize", "dynamic", *small]],
+             ["bench.run", ["--variant", "renyi_laplace", "--epochs", "1", *small]]]
+    out = _ok(_driver(train, env))
+    assert out.count("exited 0") == 2
     client = MlflowClient(uri)
     runs = {r.data.params["variant"]: r for r in client.search_runs(client.search_experiments()[0].experiment_id)}
     renyi = runs["renyi_a05_k5"]
     assert (renyi.info.status, renyi.data.params["estimator"], renyi.data.params["beta"]) == ("FINISHED", "renyi",
                                                                                             "0.5")
     assert runs["renyi_laplace"].data.params["decoder"] == "laplace"
-    _ok(_run("bench.evaluate", "--run-id", renyi.info.run_id, "--tracking-uri", uri, "--nll-samples", "5",
-                "--device", "cpu", "--no-progress", env=env))
-    _ok(_run("bench.snr", "--run-id", runs["renyi_laplace"].info.run_id, "--tracking-uri", uri, "--images", "2",
-                "--repeats", "10", "--k-grid", "1,3", "--device", "cpu", env=env))
+    rest = [
+        ["bench.evaluate", ["--run-id", renyi.info.run_id, "--tracking-uri", uri, "--nll-samples", "5",
+                            "--device", "cpu", "--no-progress"]],
+        ["bench.snr", ["--run-id", runs["renyi_laplace"].info.run_id, "--tracking-uri", uri, "--images", "2",
+                       "--repeats", "10", "--k-grid", "1,3", "--device", "cpu"]],
+        ["bench.grid", ["--variants", "renyi_a05_k5", "--latents", "2", "--epochs", "1", "--limit-train", "200",
+                        "--seeds", "1,2", "--device", "cpu", "--tracking-uri", uri, "--sweep", "plug",
+                        "--no-progress"]],
+        ["bench.tune", ["--variant", "renyi_a05_k5", "--latent", "2", "--trials", "1", "--epochs", "1",
+                        "--limit-train", "300", "--validation", "100", "--device", "cpu", "--tracking-uri", uri]],
+        ["bench.report", ["--tracking-uri", uri, "--out", str(tmp_path / "report")]],
+    ]
+    out = _ok(_driver(rest, env))
+    assert out.count("exited 0") == len(rest), out[-2000:]
+    assert "test_nll" in client.get_run(renyi.info.run_id).data.metrics
     snr_run = find_analysis_run(client, runs["renyi_laplace"].info.run_id, SNR_ANALYSIS)  # the study's own run
     assert snr_run is not None and "snr/slope/encoder/iwae" in client.get_run(snr_run).data.metrics
-    _ok(_run("bench.grid", "--variants", "renyi_a05_k5", "--latents", "2", "--epochs", "1", "--limit-train", "200",
-                "--seeds", "1,2", "--device", "cpu", "--tracking-uri", uri, "--sweep", "plug", "--no-progress",
-                env=env))
-    _ok(_run("bench.tune", "--variant", "renyi_a05_k5", "--latent", "2", "--trials", "1", "--epochs", "1",
-                "--limit-train", "300", "--validation", "100", "--device", "cpu", "--tracking-uri", uri, env=env))
-    out = tmp_path / "report"
-    _ok(_run("bench.report", "--tracking-uri", uri, "--out", str(out), env=env))
-    assert "renyi_a05_k5" in (out / "report.md").read_text()
+    grid = client.search_runs([client.get_experiment_by_name("vae-bench").experiment_id],
+                              "tags.`bench.sweep` = 'plug'")
+    assert sorted(r.data.params["seed"] for r in grid if r.info.status == "FINISHED") == ["1", "2"]
+    assert client.get_experiment_by_name("vae-bench-tune") is not None
+    assert "renyi_a05_k5" in (tmp_path / "report" / "report.md").read_text()
+
+
+def _driver(commands: list[list[object]], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    return subprocess.run([sys.executable, "-c", DRIVER, json.dumps(commands)], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=1200)
 
 
 def test_a_plugin_module_given_with_the_flag(plugin_path: str, tmp_path: Path) -> None:

@@ -46,10 +46,10 @@ def test_a_failed_combination_is_queued_again_by_the_next_call(tmp_path: Path, t
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
     assert sorted((r.data.params["lr"], r.info.status) for r in runs) == [
         ("0.001", "FINISHED"), ("1000.0", "FAILED"), ("1000.0", "FAILED")]
-    study = optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'grid-queue.db'}")  # the default: its own file
     assert len(study) == 1  # both calls shared one study
     trials = optuna.load_study(study_name=study[0].study_name,
-                               storage=f"sqlite:///{tmp_path / 'optuna.db'}").get_trials()
+                               storage=f"sqlite:///{tmp_path / 'grid-queue.db'}").get_trials()
     assert sorted(t.state.name for t in trials) == ["COMPLETE", "FAIL", "FAIL"]
     assert grid.main(args) == 1  # failed twice with NaN: not run a third time, and said so
     assert len(client.search_runs([client.get_experiment_by_name("vae-bench").experiment_id])) == 3 + 1

@@ -66,6 +66,9 @@ def test_five_trial_study_nests_its_runs_under_one_parent(tmp_path: Path, tracki
                       "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "trial 4 (5/5): " in out and "; best val_loss " in out
+    # best values printed to 0.001 nats, never as a bare float
+    best = re.findall(r"best val_loss (\S+) \(trial", out)
+    assert len(best) >= 5 and all(re.fullmatch(r"\d+\.\d{3}", b) for b in best), best
     # k/N with an ETA before each trial: none before the first (no duration yet), seconds after
     assert "trial 1/5 of this worker (ETA after the first trial)" in out
     assert re.search(r"trial 5/5 of this worker \(ETA \d+ s\)", out), out
@@ -73,12 +76,15 @@ def test_five_trial_study_nests_its_runs_under_one_parent(tmp_path: Path, tracki
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"  # the default: beside the MLflow store
     study = optuna.load_study(study_name="tune-sgvb_b-z5-e2-n200", storage=storage)
     assert len(study.trials) == 5
-    assert study.metric_names == ["val_loss"]  # what optuna-dashboard calls the objective
+    assert study.metric_names == ["val_loss in nats"]  # what optuna-dashboard calls the objective
     assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
 
     parent, children = runs_of(tracking_uri)
     assert len(children) == 5
     assert parent.info.status == "FINISHED"
+    # short enough for the runs table's Run Name column (the study's name was cut at "tune-sgvb_b-z2-e2-...")
+    assert parent.info.run_name == "sgvb_b-z5 · tune" and len(parent.info.run_name) <= 20
+    assert parent.data.tags[names.STUDY_TAG] == "tune-sgvb_b-z5-e2-n200"
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
     assert parent.data.tags["best.trial"] == str(study.best_trial.number)
     assert float(parent.data.tags["best.lr"]) == pytest.approx(study.best_params["lr"])
@@ -99,7 +105,8 @@ def test_five_trial_study_nests_its_runs_under_one_parent(tmp_path: Path, tracki
         assert "val_loss" in run.data.metrics and "test_loss" not in run.data.metrics  # never the test set
         if t.state == TrialState.COMPLETE:
             assert run.info.status == "FINISHED"
-            assert run.data.metrics["val_loss"] == pytest.approx(t.value)
+            # Optuna keeps the run's val_loss to 0.001 nats (what the dashboard's Best Trial card prints)
+            assert t.value == round(run.data.metrics["val_loss"], 3)
         else:
             assert run.info.status == "KILLED"
             assert run.data.tags[names.PRUNED_TAG] == "1"

@@ -1,17 +1,22 @@
-"""A store is one folder that survives ``mv`` and ``cp -r`` (issue 13, item 4): real commands in subprocesses, a
-real moved folder and a real copy. After the move, evaluate finds the model, resume the checkpoint and the report
-the pictures; after the copy, what is written in one store never appears in the other. A store made before
-artifacts became store-relative is refused in one line once moved."""
+"""A store is one folder that survives ``mv`` and ``cp -r`` (issue 13, item 4): the real commands, a real moved
+folder and a real copy. After the move, evaluate finds the model, resume the checkpoint and the report the
+pictures; after the copy, what is written in one store never appears in the other. A store made before artifacts
+became store-relative is refused in one line once moved.
+
+The commands run in this process, from another working directory (what a subprocess would add is start-up, which
+tests/commands covers); the refusals run as processes, since their one line and exit status are what is tested."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from bench.tracking.artifacts import ARTIFACTS_DIR
@@ -33,8 +38,6 @@ def tree(folder: Path) -> dict[str, str]:
 
 
 def checkpoint_epoch(uri: str, run_id: str, tmp: Path) -> int:
-    import torch
-
     path = MlflowClient(uri).download_artifacts(run_id, CHECKPOINT, str(tmp))
     return int(torch.load(path, weights_only=True)["epoch"])
 
@@ -45,13 +48,20 @@ def one_line(proc: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def test_a_moved_store_works_and_a_copied_one_is_independent(tmp_path: Path) -> None:
+def command(module: str, *args: str) -> int:
+    """``python -m module args`` in this process: the command's own main(), as its __main__ calls it."""
+    return importlib.import_module(module).main(list(args))
+
+
+def test_a_moved_store_works_and_a_copied_one_is_independent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              one_thread: None) -> None:
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # relative paths must resolve against the store, not the working directory
     a = tmp_path / "A"
     a.mkdir()
-    done = bench("bench.run", *SMALL, "--epochs", "1", "--tracking-uri", f"sqlite:///{a / 'mlflow.db'}", cwd=elsewhere)
-    assert done.returncode == 0, done.stderr
+    assert command("bench.run", *SMALL, "--epochs", "1", "--tracking-uri", f"sqlite:///{a / 'mlflow.db'}") == 0
     client = MlflowClient(f"sqlite:///{a / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("vae-bench").experiment_id])
     run_id = run.info.run_id
@@ -60,18 +70,16 @@ def test_a_moved_store_works_and_a_copied_one_is_independent(tmp_path: Path) -> 
     b = tmp_path / "B"
     shutil.move(a, b)  # mv A B
     uri_b = f"sqlite:///{b / 'mlflow.db'}"
-    done = bench("bench.evaluate", "--run-id", run_id, "--tracking-uri", uri_b, "--nll-samples", "5",
-                 "--device", "cpu", "--no-progress", cwd=elsewhere)
-    assert done.returncode == 0, done.stderr  # the model is found
+    assert command("bench.evaluate", "--run-id", run_id, "--tracking-uri", uri_b, "--nll-samples", "5",
+                   "--device", "cpu", "--no-progress") == 0  # the model is found
     assert "test_nll" in MlflowClient(uri_b).get_run(run_id).data.metrics
-    done = bench("bench.run", "--resume", run_id, "--epochs", "2", "--tracking-uri", uri_b, "--no-progress",
-                 cwd=elsewhere)
-    assert done.returncode == 0, done.stderr
-    assert "resuming run" in done.stdout and "after epoch 1" in done.stdout  # the checkpoint is found
+    capsys.readouterr()
+    assert command("bench.run", "--resume", run_id, "--epochs", "2", "--tracking-uri", uri_b, "--no-progress") == 0
+    out = capsys.readouterr().out
+    assert "resuming run" in out and "after epoch 1" in out  # the checkpoint is found
     assert checkpoint_epoch(uri_b, run_id, tmp_path) == 2
     report = tmp_path / "report"
-    done = bench("bench.report", "--tracking-uri", uri_b, "--out", str(report), cwd=elsewhere)
-    assert done.returncode == 0, done.stderr
+    assert command("bench.report", "--tracking-uri", uri_b, "--out", str(report)) == 0
     assert "not logged" not in (report / "report.md").read_text()  # the pictures are found
     assert list(report.rglob("*reconstruction*.png")) and list(report.rglob("*samples*.png"))
     assert not a.exists()
@@ -80,18 +88,15 @@ def test_a_moved_store_works_and_a_copied_one_is_independent(tmp_path: Path) -> 
     shutil.copytree(b, c)  # cp -r B C
     uri_c = f"sqlite:///{c / 'mlflow.db'}"
     before_b = tree(b)
-    done = bench("bench.run", "--resume", run_id, "--epochs", "3", "--tracking-uri", uri_c, "--no-progress",
-                 cwd=elsewhere)
-    assert done.returncode == 0, done.stderr
+    assert command("bench.run", "--resume", run_id, "--epochs", "3", "--tracking-uri", uri_c, "--no-progress") == 0
     assert checkpoint_epoch(uri_c, run_id, tmp_path / "c") == 3
     assert tree(b) == before_b  # nothing of C's resume landed in B
     assert checkpoint_epoch(uri_b, run_id, tmp_path / "b") == 2
     steps_b = [m.step for m in MlflowClient(uri_b).get_metric_history(run_id, "train_loss")]
     assert steps_b == [1, 2]
     before_c = tree(c)
-    done = bench("bench.evaluate", "--run-id", run_id, "--tracking-uri", uri_b, "--device", "cpu", "--no-progress",
-                 cwd=elsewhere)
-    assert done.returncode == 0, done.stderr
+    assert command("bench.evaluate", "--run-id", run_id, "--tracking-uri", uri_b, "--nll-samples", "5",
+                   "--device", "cpu", "--no-progress") == 0
     assert tree(c) == before_c  # nor B's evaluation in C
 
 

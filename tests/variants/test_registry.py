@@ -159,3 +159,13 @@ def test_new_estimators_are_tuned_over_the_same_dimensions(name: str) -> None:
     assert (tuned.estimator, tuned.samples, tuned.groups, tuned.beta) == (
         variant.estimator, variant.samples, variant.groups, variant.beta)
     assert set(harness) == {"lr", "batch_size"}
+
+
+def test_the_catalog_names_exactly_the_code_it_stands_for() -> None:
+    """variants.catalog lets the registry, --help and --list load without torch; its names must be the keys of the
+    estimators and likelihoods actually implemented (plugins add to both)."""
+    from variants.catalog import ESTIMATOR_NAMES, LIKELIHOOD_NAMES
+    from variants.likelihoods import LIKELIHOODS
+
+    assert ESTIMATOR_NAMES == list(ESTIMATORS)
+    assert LIKELIHOOD_NAMES == list(LIKELIHOODS)
