@@ -188,7 +188,9 @@ def main_guard(main: Callable[[list[str] | None], int], prog: str) -> Callable[[
                 raise
             # MLflow refused something it was given (a name, a value) or its store failed: one line, not a
             # traceback. The commands' own checks catch what they know of before this.
-            print(f"{prog}: error: MLflow: {first_line(e, 300)}", file=sys.stderr)
+            from bench.tracking.sqlite_checks import locked_store
+
+            print(f"{prog}: error: {locked_store(e) or 'MLflow: ' + first_line(e, 300)}", file=sys.stderr)
             return 2
 
     def wrapped(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ MLflow alone gives tracebacks for these, after ~2 minutes of retries for a path 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import tempfile
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from bench.tracking.artifacts import sqlite_path
 
 if TYPE_CHECKING:  # MLflow is imported where a client is used: these checks run before it loads (precheck)
     from mlflow import MlflowClient
+
+CHECKED: list[Path] = []  # the SQLite databases this process has checked (and then opened), newest last
 
 SQLITE_FORMS = "sqlite:///RELATIVE/PATH.db or sqlite:////ABSOLUTE/PATH.db (three slashes before the path)"
 OLD_ARTIFACTS = "mlruns"  # where stores made before store-relative artifacts keep them, by absolute path
@@ -40,6 +43,7 @@ def check_sqlite(uri: str, existing: bool = False, read_only: bool = False) -> P
         writable(db.parent)
     if db.exists():
         sound(db)
+    CHECKED.append(db)
     return db
 
 
@@ -96,3 +100,30 @@ def check_relocated(client: MlflowClient, db: Path, slug: Callable[[str], str]) 
                 f"store {db} was moved or copied from {path.parent.parent}: its experiment {exp.name!r} keeps "
                 f"artifacts at {path} (stores made before artifacts became store-relative cannot move); "
                 f"use it at {path.parent.parent}, or start a new store")
+
+
+def lock_holders(db: Path) -> list[int]:
+    """The other processes holding a POSIX lock on ``db`` (SQLite locks its file while it writes), from Linux's
+    /proc/locks; [] where there is none or nothing can tell."""
+    try:
+        st = db.stat()
+        rows = [line.split() for line in Path("/proc/locks").read_text().splitlines()]
+    except OSError:
+        return []
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = {int(f[4]) for f in rows if len(f) > 5 and f[1] != "->" and f[4].isdigit() and f[5] == key}
+    return sorted(pids - {os.getpid()})
+
+
+def locked_store(e: BaseException) -> str | None:
+    """For SQLite's "database is locked" (a writer that does not finish: stopped with Ctrl-Z or SIGSTOP, in a
+    debugger, or hung), the one line to say instead of MLflow's message, naming the holder where Linux can;
+    None for any other error."""
+    if "database is locked" not in str(e):
+        return None
+    db = CHECKED[-1] if CHECKED else None
+    holders = lock_holders(db) if db is not None else []
+    who = f"process {', '.join(map(str, holders))} on this machine" if holders else "another process"
+    return (f"tracking store {db or 'database'} is locked by {who}, which holds SQLite's write lock and does not "
+            "finish (stopped with Ctrl-Z or SIGSTOP, or in a debugger?): resume or end it, then run this again")
+

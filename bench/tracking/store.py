@@ -27,7 +27,7 @@ from bench.tracking.precheck import (  # noqa: F401  (check_server, redact: re-e
     redact,
     resolve_tracking_uri,
 )
-from bench.tracking.sqlite_checks import check_relocated, check_sqlite
+from bench.tracking.sqlite_checks import check_relocated, check_sqlite, locked_store
 
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 CLASSIC_VIEW = "workflowType=machine_learning"  # MLflow 3.17 opens runs in its GenAI view without it
@@ -64,14 +64,14 @@ def open_store(uri: str | None, existing: bool = False, read_only: bool = False)
             client = MlflowClient(uri)
             client.search_experiments(max_results=1)  # creates and migrates the schema
     except MlflowException as e:
-        raise UserError(f"tracking store {redact(uri)} cannot be opened: {first_line(e)}") from None
+        raise UserError(locked_store(e) or f"tracking store {redact(uri)} cannot be opened: {first_line(e)}") from None
     except ModuleNotFoundError as e:  # e.g. postgresql:// wants psycopg 3; postgresql+psycopg2:// wants psycopg2
         raise UserError(f"tracking store {redact(uri)} needs the Python module {e.name!r}; install it, or name the "
                         "driver in the URI (postgresql+psycopg2://...)") from None
     except Exception as e:  # SQLAlchemy or sqlite3 on a file that passed the quick check but still fails
         if db is None:
             raise
-        raise UserError(f"tracking store {db} cannot be opened ({first_line(e)})") from None
+        raise UserError(locked_store(e) or f"tracking store {db} cannot be opened ({first_line(e)})") from None
     if db is not None:
         check_relocated(client, db, slug)
     return client
@@ -108,6 +108,8 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
                 tags={"mlflow.experimentKind": "custom_model_development",
                       NOTE_TAG: EXPERIMENT_NOTES.get(name, OTHER_EXPERIMENT_NOTE)})
         except MlflowException as e:  # a bad name, or created meanwhile by a process on another machine
+            if locked := locked_store(e):
+                raise UserError(locked) from None
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise UserError(f"experiment name {name[:40]!r}{'...' if len(name) > 40 else ''} cannot be used "

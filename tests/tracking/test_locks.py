@@ -80,3 +80,43 @@ def test_the_lock_is_reentrant_and_wait_means_no_timeout(tmp_path: Path, monkeyp
     monkeypatch.setenv(locks.TIMEOUT_ENV, "soon")
     with pytest.raises(UserError, match="not a number of seconds"):
         locks.timeout()
+
+
+SQLITE_WRITER = """
+    import sqlite3, sys, time
+    con = sqlite3.connect(sys.argv[1], isolation_level=None)
+    con.execute("BEGIN IMMEDIATE")  # SQLite's write lock, as MLflow holds it inside a write
+    con.execute("UPDATE experiments SET name = name")
+    print("writing", flush=True)
+    time.sleep(600)  # stopped here by the test
+"""
+
+
+def test_a_writer_stopped_inside_a_sqlite_write_is_named_in_one_line(tracking_uri: str,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Not our lock but SQLite's: a process stopped (SIGSTOP) inside a write transaction. A writer that comes
+    after it gives up after SQLite's busy timeout with one line naming the stopped process (Linux /proc/locks),
+    not MLflow's message about an autoflush; a reader (the report) is not blocked at all."""
+    from bench import report, run
+    from bench.cli import main_guard
+
+    db = tracking_uri.removeprefix("sqlite:///")
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SQLITE_WRITER), db], text=True,
+                              stdout=subprocess.PIPE)
+    try:
+        assert writer.stdout.readline() == "writing\n"
+        os.kill(writer.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        status = main_guard(run.main, run.PROG)(["--latent", "2", "--epochs", "1", "--limit-train", "200",
+                                                 "--device", "cpu", "--no-progress", "--tracking-uri", tracking_uri])
+        waited = time.monotonic() - started
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert status == 2 and f"is locked by process {writer.pid} on this machine" in line, line
+        assert waited < 300  # SQLite's busy timeout and MLflow's retries, not forever
+        out = Path(db).parent / "report"
+        assert main_guard(report.main, report.PROG)(["--tracking-uri", tracking_uri, "--out", str(out)]) in (0, 2)
+        assert "is locked" not in capsys.readouterr().err  # readers do not wait for the writer
+    finally:
+        os.kill(writer.pid, signal.SIGCONT)
+        writer.kill()
+        writer.wait()

@@ -167,5 +167,5 @@ def test_the_catalog_names_exactly_the_code_it_stands_for() -> None:
     from variants.catalog import ESTIMATOR_NAMES, LIKELIHOOD_NAMES
     from variants.likelihoods import LIKELIHOODS
 
-    assert ESTIMATOR_NAMES == list(ESTIMATORS)
-    assert LIKELIHOOD_NAMES == list(LIKELIHOODS)
+    assert list(ESTIMATORS) == ESTIMATOR_NAMES
+    assert list(LIKELIHOODS) == LIKELIHOOD_NAMES
