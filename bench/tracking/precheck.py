@@ -72,8 +72,8 @@ def redact(uri: str) -> str:
 
 
 def check_store(uri: str | None, existing: bool = False, read_only: bool = False) -> Path | None:
-    """The store's URI checked as far as it can be without MLflow (a server's or database's reachability is
-    open_store's); returns the SQLite database file, None for other stores."""
+    """The store's URI checked as far as it can be without MLflow: its form, a server's or a database's answer, a
+    SQLite file's folder, permissions and pages. Returns the SQLite database file, None for other stores."""
     resolved = resolve_tracking_uri(uri)
     if resolved.startswith(("http://", "https://")):
         check_server(resolved)

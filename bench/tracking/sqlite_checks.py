@@ -20,7 +20,7 @@ from bench.tracking.artifacts import sqlite_path
 if TYPE_CHECKING:  # MLflow is imported where a client is used: these checks run before it loads (precheck)
     from mlflow import MlflowClient
 
-CHECKED: list[Path] = []  # the SQLite databases this process has checked (and then opened), newest last
+_LAST: dict[str, Path] = {}  # "db": the SQLite database this process checked last (the one it then opens)
 
 SQLITE_FORMS = "sqlite:///RELATIVE/PATH.db or sqlite:////ABSOLUTE/PATH.db (three slashes before the path)"
 OLD_ARTIFACTS = "mlruns"  # where stores made before store-relative artifacts keep them, by absolute path
@@ -43,7 +43,7 @@ def check_sqlite(uri: str, existing: bool = False, read_only: bool = False) -> P
         writable(db.parent)
     if db.exists():
         sound(db)
-    CHECKED.append(db)
+    _LAST["db"] = db
     return db
 
 
@@ -121,9 +121,8 @@ def locked_store(e: BaseException) -> str | None:
     None for any other error."""
     if "database is locked" not in str(e):
         return None
-    db = CHECKED[-1] if CHECKED else None
+    db = _LAST.get("db")
     holders = lock_holders(db) if db is not None else []
     who = f"process {', '.join(map(str, holders))} on this machine" if holders else "another process"
     return (f"tracking store {db or 'database'} is locked by {who}, which holds SQLite's write lock and does not "
             "finish (stopped with Ctrl-Z or SIGSTOP, or in a debugger?): resume or end it, then run this again")
-
