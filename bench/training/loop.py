@@ -33,6 +33,7 @@ from bench.evaluation.snr import TRAINING_PREFIX, training_snr
 from bench.evaluation.test_elbo import evaluate_test
 from bench.tracking.names import TRAINING_SNR_ANALYSIS
 from bench.tracking.tracker import NullTracker, Tracker
+from bench.training.adam import Optimizer, make_adam
 from variants.model import VAE
 from variants.registry import Variant
 
@@ -47,15 +48,15 @@ class TrainResult:
     history: list[dict[str, float]]  # one dict of metrics per epoch trained in this call
 
 
-def build(variant: Variant, cfg: TrainConfig) -> tuple[VAE, torch.optim.Optimizer]:
-    """The model (initialised from cfg.seed) and its Adam optimiser, on cfg.device."""
+def build(variant: Variant, cfg: TrainConfig) -> tuple[VAE, Optimizer]:
+    """The model (initialised from cfg.seed) and its Adam optimiser, on cfg.device: one fused kernel for the
+    whole update (bench.training.adam: torch.optim.Adam(fused=True)'s numbers without importing torch._dynamo)."""
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     model = variant.build_model(cfg.latent).to(device)
-    fused = device.type in ("cpu", "cuda")  # one kernel for the whole update instead of one per tensor
     params = [p for p in model.parameters() if p.requires_grad]
-    with critical():  # the first optimiser imports torch._dynamo (seconds): a signal never lands inside an import
-        opt = torch.optim.Adam(params, lr=cfg.lr, fused=fused or None)
+    with critical():  # where torch.optim is used (mps), its first optimiser imports torch._dynamo: no signal inside
+        opt = make_adam(params, cfg.lr, device)
     return model, opt
 
 

@@ -24,7 +24,7 @@ from bench.sweeps import workers
 from bench.tracking.names import FAILURE_TAG, ROLE_TAG
 from tests.conftest import REPO
 
-SLOW_CELL = ["--variants", "sgvb_b", "--latents", "2", "--epochs", "4", "--limit-train", "20000", "--batch-size", "32",
+SLOW_CELL = ["--variants", "sgvb_b", "--latents", "2", "--epochs", "2", "--limit-train", "20000", "--batch-size", "32",
              "--heartbeat", "1", "--no-progress"]
 
 

@@ -20,15 +20,18 @@ from bench.tracking.ownership import Busy, Claim, Lease, claims
 from tests.conftest import CODE
 
 ENV = {**os.environ, **CODE}
-# A process that waits for the common start time, claims the run, says WON or BUSY, and holds it for a while.
+# A process that opens the store, says READY, waits for the common start time (a line on stdin), claims the run,
+# says WON or BUSY, and holds it for a while.
 RACER = """
 import sys, time
 from mlflow import MlflowClient
 from bench.tracking.ownership import Busy, Lease
-uri, run_id, at = sys.argv[1], sys.argv[2], float(sys.argv[3])
+uri, run_id = sys.argv[1], sys.argv[2]
 client = MlflowClient(uri)
 client.get_run(run_id)  # the store is open before the start
 lease = Lease(client, run_id, "training")
+print("READY", flush=True)
+at = float(sys.stdin.readline())
 time.sleep(max(0.0, at - time.time()))
 try:
     lease.claim()
@@ -36,10 +39,23 @@ except Busy as e:
     print("BUSY", e, flush=True)
     sys.exit(0)
 print("WON", time.time(), flush=True)
-time.sleep(4)
+time.sleep(2)
 print("RELEASED", time.time(), flush=True)
 lease.release()
 """
+
+
+def start_racers(uri: str, run_id: str, n: int) -> list[subprocess.Popen[str]]:
+    """``n`` racers, told one start time 0.2 s after the last of them is ready (their imports take seconds)."""
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, uri, run_id], env=ENV, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "READY", p.communicate()[1][-2000:]
+    at = time.time() + 0.2
+    for p in procs:
+        p.stdin.write(f"{at}\n")
+        p.stdin.close()
+    return procs
 
 
 @pytest.fixture
@@ -52,10 +68,8 @@ def test_racing_processes_one_wins(tracking_uri: str, run_id: str) -> None:
     """The issue's item 2: several processes claim one run at the same instant; exactly one holds it, the others
     are refused while it does. Repeated: a race is a matter of timing."""
     for _ in range(2):
-        at = time.time() + 6  # after every racer's imports
-        procs = [subprocess.Popen([sys.executable, "-c", RACER, tracking_uri, run_id, str(at)], env=ENV,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
-        outs = [p.communicate(timeout=120) for p in procs]
+        procs = start_racers(tracking_uri, run_id, 3)
+        outs = [(p.stdout.read(), p.stderr.read(), p.wait(timeout=120)) for p in procs]
         assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
         lines = [o[0].split() for o in outs]
         won = [w for w in lines if w[0] == "WON"]
@@ -77,9 +91,7 @@ def test_a_refusal_names_the_owner_and_wait_waits(tracking_uri: str, run_id: str
 
 
 def test_wait_waits_until_the_owner_is_gone(tracking_uri: str, run_id: str) -> None:
-    at = time.time() + 5
-    holder = subprocess.Popen([sys.executable, "-c", RACER, tracking_uri, run_id, str(at)], env=ENV,
-                              stdout=subprocess.PIPE, text=True)
+    (holder,) = start_racers(tracking_uri, run_id, 1)
     try:
         assert holder.stdout.readline().startswith("WON")
         said: list[str] = []
