@@ -16,6 +16,8 @@ installed (so plain ``mlflow.pytorch.load_model("runs:/...")`` on a SQLite store
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -90,3 +92,13 @@ def register() -> None:
     _artifact_repository_registry.register(SCHEME, repository)
     _no_run_id_cache()
 
+
+SLUG_MAX = 64  # an artifact folder per experiment: long names are cut (and told apart by a hash) below NAME_MAX
+
+
+def slug(experiment: str) -> str:
+    """The experiment's artifact folder name: safe characters, at most SLUG_MAX of them."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment).strip("_.") or "experiment"
+    if len(name) > SLUG_MAX:
+        name = f"{name[:SLUG_MAX - 9]}-{hashlib.md5(experiment.encode()).hexdigest()[:8]}"
+    return name

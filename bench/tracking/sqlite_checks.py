@@ -9,16 +9,11 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 from bench.errors import UserError, first_line
-from bench.tracking.artifacts import sqlite_path
-
-if TYPE_CHECKING:  # MLflow is imported where a client is used: these checks run before it loads (precheck)
-    from mlflow import MlflowClient
+from bench.tracking.artifacts import slug, sqlite_path
 
 _LAST: dict[str, Path] = {}  # "db": the SQLite database this process checked last (the one it then opens)
 
@@ -43,6 +38,7 @@ def check_sqlite(uri: str, existing: bool = False, read_only: bool = False) -> P
         writable(db.parent)
     if db.exists():
         sound(db)
+        check_relocated(db)
     _LAST["db"] = db
     return db
 
@@ -85,19 +81,25 @@ def sound(db: Path) -> None:
     _SOUND.add(key)
 
 
-def check_relocated(client: MlflowClient, db: Path, slug: Callable[[str], str]) -> None:
+def check_relocated(db: Path) -> None:
     """Stores made before artifacts became store-relative record ``file:///OLD/mlruns/SLUG``: moved, they point at
-    nothing; copied, at their original, which a resume would then write into. Refuse both in one line."""
-    from mlflow.entities import ViewType
-
-    for exp in client.search_experiments(view_type=ViewType.ALL):
-        location = exp.artifact_location or ""
-        if not location.startswith("file:"):
+    nothing; copied, at their original, which a resume would then write into. Refuse both in one line. Read with
+    sqlite3 from MLflow's experiments table (deleted experiments too), so the refusal comes before MLflow loads."""
+    try:
+        con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            rows = con.execute("SELECT name, artifact_location FROM experiments").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return  # a new store (no schema yet), or not MLflow's: nothing of an old layout to refuse
+    for name, location in rows:
+        if not (location or "").startswith("file:"):
             continue
         path = Path(unquote(urlparse(location).path))
-        if path.name == slug(exp.name) and path.parent.name == OLD_ARTIFACTS and path.parent.parent != db.parent:
+        if path.name == slug(name) and path.parent.name == OLD_ARTIFACTS and path.parent.parent != db.parent:
             raise UserError(
-                f"store {db} was moved or copied from {path.parent.parent}: its experiment {exp.name!r} keeps "
+                f"store {db} was moved or copied from {path.parent.parent}: its experiment {name!r} keeps "
                 f"artifacts at {path} (stores made before artifacts became store-relative cannot move); "
                 f"use it at {path.parent.parent}, or start a new store")
 

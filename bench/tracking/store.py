@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -17,7 +16,7 @@ from mlflow.exceptions import MlflowException
 
 from bench.errors import UserError, first_line
 from bench.tracking import artifacts
-from bench.tracking.artifacts import ARTIFACTS_DIR, sqlite_path
+from bench.tracking.artifacts import ARTIFACTS_DIR, slug, sqlite_path  # noqa: F401  (slug: re-exported)
 from bench.tracking.locks import StoreLock
 from bench.tracking.names import EXPERIMENT_NOTES, NOTE_TAG, OTHER_EXPERIMENT_NOTE
 from bench.tracking.precheck import (  # noqa: F401  (check_server, redact: re-exported)
@@ -27,11 +26,10 @@ from bench.tracking.precheck import (  # noqa: F401  (check_server, redact: re-e
     redact,
     resolve_tracking_uri,
 )
-from bench.tracking.sqlite_checks import check_relocated, check_sqlite, locked_store
+from bench.tracking.sqlite_checks import check_sqlite, locked_store
 
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 CLASSIC_VIEW = "workflowType=machine_learning"  # MLflow 3.17 opens runs in its GenAI view without it
-SLUG_MAX = 64  # an artifact folder per experiment: long names are cut (and told apart by a hash) below NAME_MAX
 
 __all__ = ["sqlite_path", "ARTIFACTS_DIR"]
 
@@ -72,17 +70,7 @@ def open_store(uri: str | None, existing: bool = False, read_only: bool = False)
         if db is None:
             raise
         raise UserError(locked_store(e) or f"tracking store {db} cannot be opened ({first_line(e)})") from None
-    if db is not None:
-        check_relocated(client, db, slug)
     return client
-
-
-def slug(experiment: str) -> str:
-    """The experiment's artifact folder name: safe characters, at most SLUG_MAX of them."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment).strip("_.") or "experiment"
-    if len(name) > SLUG_MAX:
-        name = f"{name[:SLUG_MAX - 9]}-{hashlib.md5(experiment.encode()).hexdigest()[:8]}"
-    return name
 
 
 def artifact_root(uri: str, experiment: str) -> str | None:
