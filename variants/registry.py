@@ -68,10 +68,16 @@ class Variant:
         return d
 
     def options(self) -> dict[str, object]:
-        """The option axes this variant's estimator takes (the keyword arguments its signature names)."""
-        from variants.estimators import ESTIMATORS
+        """The option axes this variant's estimator takes (the keyword arguments its signature names): a built-in
+        estimator's from the catalog (no torch), a plugin's from its code."""
+        from variants.catalog import BUILT_IN_ESTIMATORS, ESTIMATOR_OPTIONS
 
-        names = inspect.signature(ESTIMATORS[self.estimator]).parameters
+        if self.estimator in BUILT_IN_ESTIMATORS:
+            names: object = ESTIMATOR_OPTIONS.get(self.estimator, ())
+        else:
+            from variants.estimators import ESTIMATORS
+
+            names = inspect.signature(ESTIMATORS[self.estimator]).parameters
         return {o: getattr(self, o) for o in OPTIONS if o in names}
 
     def build_model(self, latent: int) -> VAE:

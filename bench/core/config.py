@@ -42,5 +42,17 @@ class TrainConfig:
             if not ok:
                 raise UserError(message)
 
+    def check_split(self, n_train: int) -> int:
+        """The training images left after the validation split of ``n_train``; settings the data cannot meet are
+        user errors (checked before a run is made, without the data's tensors)."""
+        if self.validation >= n_train:
+            raise UserError(f"validation must leave training images: give fewer than {n_train}, got {self.validation}")
+        left = n_train - self.validation
+        if self.limit_train is not None and self.limit_train > left:
+            raise UserError(f"limit-train {self.limit_train} is more than the {left} training images"
+                            + (f" left after validation {self.validation}" if self.validation else "")
+                            + f"; give at most {left}")
+        return left
+
     def params(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,12 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from bench.errors import UserError, first_line
+
+if TYPE_CHECKING:  # torch loads when the tensors are made (bench.run checks the data before: issue 17)
+    from torch import Tensor
 
 # md5 of the uncompressed IDX bytes, as published with MNIST.
 MD5 = {
@@ -93,16 +95,40 @@ def _parse_idx(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def load_mnist(data_dir: str | Path | None = None) -> MNIST:
-    """Read, md5-check and decode MNIST; raises UserError naming the file on any problem."""
+@dataclass(frozen=True)
+class CheckedMNIST:
+    """The four files found, read and md5-checked (no tensors yet): what a run's params and checks need."""
+
+    source: str
+    digest: str
+    n_train: int
+
+
+def _folder(data_dir: str | Path | None) -> Path:
     folder = Path(data_dir).expanduser() if data_dir is not None else bundled_dir()
     if not folder.is_dir():
         raise UserError(f"--data-dir {folder} is not a folder; give a folder with the four MNIST IDX files")
-    arrays, md5s = {}, []
-    for stem in MD5:
-        data = _read_checked(_find(folder, stem), stem)
-        md5s.append(MD5[stem])
-        arrays[stem] = _parse_idx(data)
+    return folder
+
+
+def _digest() -> str:
+    return hashlib.md5("".join(MD5.values()).encode()).hexdigest()[:8]
+
+
+def check_mnist(data_dir: str | Path | None = None) -> CheckedMNIST:
+    """Find, read and md5-check the four files without torch; raises UserError naming the file on any problem.
+    The bytes stay cached (_read_checked_once): load_mnist then only decodes them."""
+    folder = _folder(data_dir)
+    data = {stem: _read_checked(_find(folder, stem), stem) for stem in MD5}
+    return CheckedMNIST(str(folder), _digest(), len(_parse_idx(data["train-labels-idx1-ubyte"])))
+
+
+def load_mnist(data_dir: str | Path | None = None) -> MNIST:
+    """Read, md5-check and decode MNIST; raises UserError naming the file on any problem."""
+    import torch
+
+    folder = _folder(data_dir)
+    arrays = {stem: _parse_idx(_read_checked(_find(folder, stem), stem)) for stem in MD5}
 
     def images(stem: str) -> Tensor:
         return torch.from_numpy(arrays[stem].reshape(-1, 784).astype(np.float32) / 255.0)
@@ -116,8 +142,17 @@ def load_mnist(data_dir: str | Path | None = None) -> MNIST:
         test_x=images("t10k-images-idx3-ubyte"),
         test_y=labels("t10k-labels-idx1-ubyte"),
         source=str(folder),
-        digest=hashlib.md5("".join(md5s).encode()).hexdigest()[:8],
+        digest=_digest(),
     )
+
+
+@contextmanager
+def checking_mnist(data_dir: str | Path | None = None) -> Iterator[Callable[[], CheckedMNIST]]:
+    """check_mnist on a thread (decompressing and checksumming release the GIL) while the block opens the store;
+    no torch: bench.run creates its run with this, then loads torch and the tensors."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mnist") as pool:
+        checking = pool.submit(check_mnist, data_dir)
+        yield checking.result
 
 
 @contextmanager

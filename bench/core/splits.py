@@ -8,7 +8,6 @@ from torch import Tensor
 from bench.core.config import TrainConfig
 from bench.core.data import MNIST
 from bench.core.rng import BINARIZE, generator
-from bench.errors import UserError
 
 BINARIZE_SEED = 1998  # the static binarisation (and the test set's, under dynamic) is the same for all runs
 
@@ -23,14 +22,7 @@ def split_validation(data: MNIST, cfg: TrainConfig) -> tuple[Tensor, Tensor | No
     """The training images and the cfg.validation images held out from the end of the training set (None
     when 0): tuning selects on these, never on the test set. limit_train applies to what remains.
     Commands call it before they create a run: settings the data cannot meet are user errors."""
-    n = len(data.train_x)
-    if cfg.validation >= n:
-        raise UserError(f"validation must leave training images: give fewer than {n}, got {cfg.validation}")
-    left = n - cfg.validation
-    if cfg.limit_train is not None and cfg.limit_train > left:
-        raise UserError(f"limit-train {cfg.limit_train} is more than the {left} training images"
-                        + (f" left after validation {cfg.validation}" if cfg.validation else "")
-                        + f"; give at most {left}")
+    left = cfg.check_split(len(data.train_x))
     train_x = data.train_x[:left][:cfg.limit_train]
     return train_x, (data.train_x[left:] if cfg.validation else None)
 

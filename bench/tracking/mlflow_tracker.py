@@ -10,18 +10,19 @@ import copy
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
-from torch import nn
 
 from bench.errors import UserError, first_line
 from bench.tracking.names import CHECKPOINT, FAILURE_TAG, MODEL_EPOCH_TAG, MODEL_NAME, SETTING_TAG
 from bench.tracking.provenance import provenance_tags
 from bench.tracking.store import fluent_tracking_uri, get_or_create_experiment, lock_for
+
+if TYPE_CHECKING:  # torch loads where a checkpoint or a model is written: bench.run makes its run before it loads
+    from torch import nn
 
 
 def param_value(v: Any) -> str:
@@ -108,6 +109,8 @@ class MlflowTracker:
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """The latest checkpoint only: each epoch overwrites the previous one."""
         with tempfile.TemporaryDirectory(prefix="vae-bench-ckpt-") as tmp:
+            import torch
+
             path = Path(tmp) / Path(CHECKPOINT).name
             torch.save(state, path)
             self.client.log_artifact(self.run_id, str(path), str(Path(CHECKPOINT).parent))
@@ -115,6 +118,8 @@ class MlflowTracker:
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The run's checkpoint, or None when it has none (a run stopped in its first epoch, a tuning trial).
         One that is there but cannot be fetched or read is a UserError: resuming must not start afresh."""
+        import torch
+
         try:
             listed = {f.path for f in self.client.list_artifacts(self.run_id, str(Path(CHECKPOINT).parent))}
             if CHECKPOINT not in listed:
@@ -131,6 +136,7 @@ class MlflowTracker:
         tagged with its ``epoch``, and replaces any model the run had (a resumed run holds one model)."""
         import mlflow
         import mlflow.pytorch
+        import torch
 
         import variants
 

@@ -1,6 +1,10 @@
 """One tracked run from start to end: a new run or a resumed one is prepared (every check before the store is
 touched), trained, its model logged and evaluated, and ended FINISHED, FAILED or KILLED whatever happens.
 
+A new run is made before torch loads (this module imports none of it): the device, the data's checksums and the
+settings are checked without it, the run is created and its id printed, and then torch and the tensors load
+(2-3 s on a 2-core machine), under the run's signal handling (issue 17: "started run" within 3 s).
+
 Signals (bench.core.interrupts): until the run exists, Ctrl-C or SIGTERM exits at once and leaves nothing; the
 run is created with its params and its owner's claim inside one critical block, and from then on any signal
 ends it KILLED with the signal in ``bench.failure``. One process at a time holds a run
@@ -21,11 +25,10 @@ from mlflow.exceptions import MlflowException
 from bench import progs
 from bench.core import interrupts
 from bench.core.config import TrainConfig
-from bench.core.data import MNIST, loading_mnist
+from bench.core.data import MNIST, CheckedMNIST, checking_mnist, load_mnist
 from bench.core.data import NAME as DATA_NAME
 from bench.core.devices import resolve_device
 from bench.core.progress import note
-from bench.core.splits import split_validation
 from bench.errors import NonFiniteLoss, UserError, first_line, out_of_memory
 from bench.tracking import locks
 from bench.tracking.mlflow_tracker import MlflowTracker
@@ -34,7 +37,6 @@ from bench.tracking.ownership import Lease
 from bench.tracking.store import browse_hint, open_store, resolve_tracking_uri, ui_address
 from bench.training.arguments import variant_from_args
 from bench.training.identity import run_name, run_params, run_tags
-from bench.training.loop import train
 from variants.registry import Variant
 
 PROG = progs.RUN
@@ -67,16 +69,17 @@ def say_where(tracker: MlflowTracker, lead: str) -> None:
     print(f"{lead}; follow it at {ui_address(tracker.client, tracker.experiment_id, tracker.run_id)}", flush=True)
 
 
-def new_run(client: MlflowClient, args: argparse.Namespace, data: Callable[[], MNIST], life: Life) -> Job:
+def new_run(client: MlflowClient, args: argparse.Namespace, data: Callable[[], CheckedMNIST], life: Life) -> Job:
     """Check everything, then create the run with its params and this process's claim in one critical block:
-    from its first moment the run has what a resume needs, and a signal ends it KILLED."""
+    from its first moment the run has what a resume needs, and a signal ends it KILLED. Its id is printed as soon
+    as it exists; the tensors (and torch) load after."""
     variant = variant_from_args(args)
     cfg = TrainConfig(latent=args.latent, epochs=10 if args.epochs is None else args.epochs,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       device=resolve_device(args.device), precision=args.precision,
                       binarize=args.binarize, limit_train=args.limit_train)
     mnist = data()
-    split_validation(mnist, cfg)  # settings the data cannot meet fail here, before a run is made
+    cfg.check_split(mnist.n_train)  # settings the data cannot meet fail here, before a run is made
     lease = Lease(client, "", "training")
     with interrupts.critical():  # a signal meanwhile is held, then ends the run KILLED (run_command)
         tracker = MlflowTracker.start(client, args.experiment, run_name(variant, cfg),
@@ -85,23 +88,34 @@ def new_run(client: MlflowClient, args: argparse.Namespace, data: Callable[[], M
                                             **({NLL_TAG: str(args.nll_samples)} if args.nll_samples else {})})
         life.tracker, life.lease = tracker, lease.born(tracker.run_id)
         interrupts.set_phase(interrupts.OWNING)
-    return Job(tracker, variant, cfg, mnist, None, lease)
+    say_where(tracker, f"started run {tracker.run_id} ({run_name(variant, cfg)})")
+    note("loading torch and MNIST's tensors ...")
+    with interrupts.critical():  # a signal meanwhile ends the run KILLED once torch is in, never mid-import
+        tensors = load_mnist(args.data_dir)  # the bytes were read and checked above: this decodes them
+    note("")
+    return Job(tracker, variant, cfg, tensors, None, lease)
 
 
 def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> int:
     """What ``python -m bench.run`` does with its arguments (``args``, parsed by ``parser`` from ``argv``)."""
-    from bench.training.resume import resumed_run
-
     locks.set_waiting(bool(args.wait))  # --wait also waits for the store's locks
     life = Life()
     try:
         # MNIST is decompressed and checksummed (GIL released) while the store opens.
-        with loading_mnist(args.data_dir) as data:
-            note(f"opening the tracking store {resolve_tracking_uri(args.tracking_uri)} and loading MNIST ...")
+        with checking_mnist(args.data_dir) as checked:
+            note(f"opening the tracking store {resolve_tracking_uri(args.tracking_uri)} and checking MNIST ...")
             client = open_store(args.tracking_uri, existing=bool(args.resume))
             note("")
-            job = (resumed_run(client, parser, args, argv, data, life) if args.resume
-                   else new_run(client, args, data, life))
+            if args.resume:
+                from bench.training.resume import resumed_run  # torch
+
+                def data() -> MNIST:
+                    checked()  # its UserError, if the files are bad
+                    return load_mnist(args.data_dir)
+
+                job = resumed_run(client, parser, args, argv, data, life)
+            else:
+                job = new_run(client, args, checked, life)
         if job is None:
             return 0
         progress = not args.no_progress and sys.stderr.isatty()
@@ -167,9 +181,10 @@ def execute(tracker: MlflowTracker, variant: Variant, cfg: TrainConfig, data: An
         with interrupts.graceful_interrupts():
             if lease is None:
                 lease = Lease(tracker.client, run_id, "training").claim()
-            if new:
-                say_where(tracker, f"started run {run_id} ({run_name(variant, cfg)})")
+            if new:  # bench.run's new run: its id is printed already (new_run)
                 tracker.log_dataset(DATA_NAME, data.digest, data.source, "train", data.test_x[:1].numpy())
+            from bench.training.loop import train
+
             result = train(variant, cfg, data, tracker, start=start, progress=progress, snr_every=snr_every)
             # The model first: an interrupted evaluation can be redone by bench.evaluate. Held from signals: the
             # new model and the removal of the one a previous attempt logged go together.

@@ -86,3 +86,40 @@ def test_grid_and_tune_say_what_they_will_do_before_loading(module: str, argv: l
     result, out, _ = probe(module, *argv, "--tracking-uri", f"sqlite:///{tmp_path / 'garbage.db'}", cwd=tmp_path)
     assert result == {"status": 2, "heavy": []}
     assert out.splitlines()[0] == first
+
+
+# bench.run's stdout, watched: which heavy modules are loaded at the moment "started run" is written.
+RUN_PROBE = """
+import json, sys
+from bench.cli import main_guard
+from bench.run import main
+seen = {}
+class Watch:
+    def __init__(self, out):
+        self.out = out
+    def write(self, text):
+        if "started run" in text and not seen:
+            seen.update({m: m in sys.modules for m in ("torch", "mlflow")})
+        return self.out.write(text)
+    def __getattr__(self, name):
+        return getattr(self.out, name)
+sys.stdout = Watch(sys.stdout)
+status = main_guard(main, "bench.run")(json.loads(sys.argv[1]))
+print(json.dumps({"status": status, "seen": seen}))
+"""
+
+
+def test_started_run_is_printed_before_torch_loads(tmp_path: Path, migrated_store: Path) -> None:
+    """The run is made and its id printed with MLflow only (device auto here: no GPU driver on this machine, or
+    cpu where there is one); torch and the tensors load after, and the run then trains and finishes."""
+    from tests.conftest import copy_store
+
+    uri = copy_store(migrated_store, tmp_path)
+    device = "auto" if not any(Path(n).exists() for n in ("/proc/driver/nvidia", "/dev/nvidia0", "/dev/kfd")) else "cpu"
+    argv = ["--latent", "2", "--epochs", "1", "--limit-train", "100", "--no-progress", "--device", device,
+            "--tracking-uri", uri]
+    proc = subprocess.run([sys.executable, "-c", RUN_PROBE, json.dumps(argv)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env={**os.environ, **CODE, "OMP_NUM_THREADS": "1"})
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"status": 0, "seen": {"torch": False, "mlflow": True}}, proc.stderr[-2000:]
+    assert "finished" in proc.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import pytest
 import torch
@@ -164,8 +165,12 @@ def test_new_estimators_are_tuned_over_the_same_dimensions(name: str) -> None:
 def test_the_catalog_names_exactly_the_code_it_stands_for() -> None:
     """variants.catalog lets the registry, --help and --list load without torch; its names must be the keys of the
     estimators and likelihoods actually implemented (plugins add to both)."""
-    from variants.catalog import ESTIMATOR_NAMES, LIKELIHOOD_NAMES
+    from variants.catalog import BUILT_IN_ESTIMATORS, ESTIMATOR_NAMES, ESTIMATOR_OPTIONS, LIKELIHOOD_NAMES
     from variants.likelihoods import LIKELIHOODS
+    from variants.registry import OPTIONS
 
     assert list(ESTIMATORS) == ESTIMATOR_NAMES
     assert list(LIKELIHOODS) == LIKELIHOOD_NAMES
+    for name in BUILT_IN_ESTIMATORS:  # the option axes each signature names, as the catalog says
+        taken = tuple(o for o in OPTIONS if o in inspect.signature(ESTIMATORS[name]).parameters)
+        assert taken == ESTIMATOR_OPTIONS.get(name, ()), name
