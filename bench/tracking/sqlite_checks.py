@@ -43,6 +43,21 @@ def check_sqlite(uri: str, existing: bool = False, read_only: bool = False) -> P
     return db
 
 
+def _quick_check(uri: str) -> tuple | None:
+    con = sqlite3.connect(uri, uri=True, timeout=30)
+    try:
+        return con.execute("PRAGMA quick_check").fetchone()
+    finally:
+        con.close()
+
+
+def hot_journal(e: BaseException, db: Path) -> bool:
+    """Whether ``e`` is SQLite refusing a read-only open because a hot journal needs rolling back."""
+    name = getattr(e, "sqlite_errorname", "")  # Python >= 3.11
+    return name == "SQLITE_READONLY_ROLLBACK" or (
+        not name and "readonly" in str(e) and Path(f"{db}-journal").exists())
+
+
 def writable(folder: Path) -> None:
     """SQLite writes a journal beside the database: its folder must take a new file (a real try: permissions,
     read-only mounts and a root user all answer it truthfully, where os.access does not)."""
@@ -66,12 +81,19 @@ def sound(db: Path) -> None:
     if key in _SOUND:
         return
     try:
-        con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=30)
         try:
-            result = con.execute("PRAGMA quick_check").fetchone()
-        finally:
-            con.close()
+            result = _quick_check(f"{db.as_uri()}?mode=ro")
+        except sqlite3.OperationalError as e:
+            if not hot_journal(e, db):
+                raise
+            # A writer killed inside a write left its rollback journal: SQLite rolls it back at the next
+            # read-write open (as MLflow's would), restoring the last committed state; a read-only one cannot.
+            result = _quick_check(db.as_uri())
     except sqlite3.Error as e:
+        if hot_journal(e, db):
+            raise UserError(f"tracking database {db} holds the journal of a writer killed mid-write, which only a "
+                            "writable open can roll back; run a command that writes to this store (bench.run, "
+                            "bench.evaluate) where its folder is writable, then this again") from None
         raise UserError(f"tracking database {db} cannot be read ({first_line(e)}); restore it from a copy, "
                         "or give --tracking-uri another store") from None
     if result is None or result[0] != "ok":

@@ -148,3 +148,44 @@ def test_a_long_experiment_name_works_to_its_artifacts(tracking_uri: str, tmp_pa
     locations = {client.get_experiment_by_name(n).artifact_location for n in names}
     assert len(locations) == 2 and all(len(loc) < 100 for loc in locations)
     assert len(MlflowClient(tracking_uri).search_runs([client.get_experiment_by_name(names[0]).experiment_id])) == 1
+
+
+KILLED_WRITER = """
+import sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("PRAGMA cache_size=5")  # a small page cache: the write spills into the database file before commit
+con.execute("BEGIN IMMEDIATE")
+con.execute("UPDATE filler SET x = x + 1")
+print("IN", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_a_store_that_opens_as_it_was(tmp_path: Path, migrated_store: Path) -> None:
+    """SIGKILL inside a write leaves a hot rollback journal: SQLite refuses a read-only open then (what the precheck
+    used, so a tune worker joining after a killed one was refused: "attempt to write a readonly database"). The
+    check rolls the journal back with a writable open, the store opens with its last committed state."""
+    import signal
+    import sqlite3
+
+    from bench.tracking.precheck import check_store
+
+    db = tmp_path / "mlflow.db"
+    shutil.copy(migrated_store, db)
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE filler (x INTEGER)")
+        con.executemany("INSERT INTO filler VALUES (?)", [(i,) for i in range(100_000)])
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "IN"
+    finally:
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait()
+    assert (tmp_path / "mlflow.db-journal").stat().st_size > 0
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):  # the situation, as SQLite states it
+        sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True).execute("PRAGMA quick_check").fetchone()
+    assert check_store(f"sqlite:///{db}") == db
+    assert not (tmp_path / "mlflow.db-journal").exists()
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT SUM(x) FROM filler").fetchone()[0] == sum(range(100_000))  # the committed state
+    assert open_store(f"sqlite:///{db}").search_experiments()  # MLflow reads it
