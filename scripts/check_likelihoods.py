@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -111,6 +112,7 @@ def _per_image_slack(client, child_id: str, ais: float, ladder: float) -> tuple[
 
 
 def collect(uri: str, sweep: str | None) -> list[Row]:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run's table otherwise
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
