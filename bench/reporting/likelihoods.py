@@ -154,33 +154,41 @@ def slack_rows(fin: pd.DataFrame, paired: pd.DataFrame | None, comp: pd.DataFram
 
 
 def equation_figure(fin: pd.DataFrame, path: Any) -> bool:
-    """Stacked bars per variant and latent: -log p(x) (AIS), + approximation gap, + amortization gap =
-    -ELBO[q_enc]. False if no run has both gaps."""
+    """Stacked bars per variant, one panel per latent size and decoder (a Gaussian decoder's densities are on another
+    scale): -log p(x) (AIS), + approximation gap, + amortization gap = -ELBO[q_enc]. Each panel's axis starts 2 nats
+    below its lowest -log p(x), the blue bar rising from there. False if no run has both gaps."""
     import matplotlib.pyplot as plt
 
     need = [AIS, "gap/approximation", "gap/amortization"]
     if not all(c in fin for c in need):
         return False
-    g = fin.dropna(subset=need).groupby(["latent", "label"], sort=True)[need].mean().reset_index()
+    f = fin.dropna(subset=need).copy()
+    f["decoder"] = f["decoder"].fillna("?").astype(str) if "decoder" in f else "?"
+    g = f.groupby(["latent", "decoder", "label"], sort=True)[need].mean().reset_index()
     if g.empty:
         return False
-    latents = list(dict.fromkeys(g["latent"]))
-    fig, axes = plt.subplots(1, len(latents), figsize=(max(5.0, 1.1 * len(g) + 2), 4), squeeze=False)
-    for ax, z in zip(axes[0], latents, strict=True):
-        d = g[g["latent"] == z]
+    panels = list(dict.fromkeys(zip(g["latent"], g["decoder"], strict=True)))
+    two = len({d for _, d in panels}) > 1
+    width = sum(max(2.5, 0.9 * int(((g["latent"] == z) & (g["decoder"] == d)).sum()) + 1.2) for z, d in panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(5.0, width), 4), squeeze=False,
+                             gridspec_kw={"width_ratios": [int(((g["latent"] == z) & (g["decoder"] == d)).sum()) + 1
+                                                           for z, d in panels]})
+    for ax, (z, dec) in zip(axes[0], panels, strict=True):
+        d = g[(g["latent"] == z) & (g["decoder"] == dec)]
         x = np.arange(len(d))
         base = d[AIS].to_numpy()
-        ax.bar(x, base, label="−log p(x) (AIS)", color="#4c72b0")
+        lo = float(base.min()) - 2
+        ax.bar(x, base - lo, bottom=lo, label="−log p(x) (AIS)", color="#4c72b0")
         ax.bar(x, d["gap/approximation"], bottom=base, label="approximation gap", color="#dd8452")
         ax.bar(x, d["gap/amortization"], bottom=base + d["gap/approximation"].to_numpy(), label="amortization gap",
                color="#55a868")
         top = (base + d["gap/approximation"] + d["gap/amortization"]).to_numpy()
-        lo = float(base.min()) - 2
         ax.set_ylim(lo, float(top.max()) + 1)
         ax.set_xticks(x, list(d["label"]), rotation=30, ha="right")
-        ax.set_title(f"z = {z}")
-        ax.set_ylabel("nats per image (−ELBO[q_enc] at the top)")
-    axes[0][0].legend(loc="upper left")
+        ax.set_title(f"z = {z}" + (f", {dec}" if two else ""))
+    axes[0][0].set_ylabel("nats per image (−ELBO[q_enc] at the top)")
+    handles, names = axes[0][0].get_legend_handles_labels()  # below the panels: the bars fill them
+    fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False)
     fig.suptitle("−ELBO = −log p(x) + approximation gap + amortization gap (means over seeds)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight", metadata={"Software": None})
