@@ -188,7 +188,7 @@ def equation_figure(fin: pd.DataFrame, path: Any) -> bool:
         ax.set_title(f"z = {z}" + (f", {dec}" if two else ""))
     axes[0][0].set_ylabel("nats per image (−ELBO[q_enc] at the top)")
     handles, names = axes[0][0].get_legend_handles_labels()  # below the panels: the bars fill them
-    fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False)
+    fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
     fig.suptitle("−ELBO = −log p(x) + approximation gap + amortization gap (means over seeds)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight", metadata={"Software": None})
