@@ -6,7 +6,8 @@
 # seed-paired intervals. Exits 1 if the likelihood check fails (the report is written all the same).
 #
 #   WORKERS=2 scripts/make_example_report.sh            # the committed example: 60 core runs + 15 IWAE, 5 epochs
-#   QUICK=1 scripts/make_example_report.sh              # a rehearsal in a few minutes: 1 epoch on 300 images, /tmp
+#   QUICK=1 scripts/make_example_report.sh              # a rehearsal: 1 epoch on 300 images, /tmp; about an hour
+#                                                       # at load 5-10 here, 45 min of it the 28 likelihood evaluations
 #
 # Settings (environment variables, defaults in brackets):
 #   STORE          folder of the MLflow store [/tmp/vae-bench-example]; reusing it resumes the sweep
