@@ -201,9 +201,9 @@ EOF
         "$URI" "$AIS_STEPS" "$AIS_CHAINS" "$AIS_START" "$AIS_IMAGES" "$GAP_STEPS" "$BDMC_IMAGES"
   fi
   echo "   likelihoods took $((SECONDS - t0)) s; checking every run with test_nll_ais (scripts/check_likelihoods.py)"
-  mkdir -p "$OUT/tables"
-  python scripts/check_likelihoods.py "$URI" --sweep "$SWEEP" --csv "$OUT/tables/likelihood_checks.csv" \
-    || checked=$?
+  # into the store's folder: bench.report replaces the tables of an earlier report; copied beside them below
+  rm -f "$STORE/likelihood_checks.csv"
+  python scripts/check_likelihoods.py "$URI" --sweep "$SWEEP" --csv "$STORE/likelihood_checks.csv" || checked=$?
   if (( checked )); then
     echo "   the likelihood check failed (status $checked): the report is still written; this script exits $checked"
   fi
@@ -214,4 +214,8 @@ fi
 echo "== 4/4 report into $OUT"
 compare=(); for c in $COMPARE; do compare+=(--compare "$c"); done
 python -m bench.report --tracking-uri "$URI" --sweep "$SWEEP" --out "$OUT" ${DATE:+--date "$DATE"} "${compare[@]}"
+if [[ -n "$AIS_VARIANTS" && -f "$STORE/likelihood_checks.csv" ]]; then
+  cp "$STORE/likelihood_checks.csv" "$OUT/tables/likelihood_checks.csv"
+  echo "   the likelihood check's table: $OUT/tables/likelihood_checks.csv"
+fi
 exit "$checked"
