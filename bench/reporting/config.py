@@ -18,7 +18,10 @@ REPEAT_PARAMS = frozenset({"seed", "device"})
 # Settings of measurements made on a trained model (bench.evaluate, bench.snr, bench.run --snr-every's fixed
 # minibatch and noise stream): they change no weight of the run.
 EVALUATION_PARAMS = frozenset({"nll_samples", "gradvar_repeats", "gradvar_batches", "gradvar_batch_size",
-                               "snr_images", "snr_repeats", "snr_k_grid", "snr_seed", "snr_every"})
+                               "snr_images", "snr_repeats", "snr_k_grid", "snr_seed", "snr_every",
+                               # bench.evaluate --ais / --bdmc / --gaps (bench.evaluation.likelihood_study)
+                               "ais_steps", "ais_chains", "ais_images", "ais_leapfrog", "ais_schedule", "ais_start",
+                               "ais_seed", "bdmc_images", "gap_opt_steps", "gap_elbo_samples"})
 # Configuration, but reported in their own columns rather than in a label's key=value list.
 OWN_COLUMNS = frozenset({"variant", "latent"})
 

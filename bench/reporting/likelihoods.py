@@ -8,7 +8,8 @@ nll_ladder/K<k> in its "likelihood" analysis run, folded into the training run's
   amortization gap, per latent size.
 - Seed-paired comparisons of test_nll_ais (pairing.pair / row / finish, as every other comparison).
 - For each paired test_nll comparison: does its difference exceed the IWAE bound's remaining slack, L_K - AIS, on
-  those runs? A difference smaller than the slack may be a better-matched proposal rather than a better model.
+  those runs? A difference smaller than the slack may be a better-matched proposal rather than a better model. And
+  does it survive the better estimator: does the same pair's seed-paired AIS interval exclude 0 on the same side?
 """
 
 from __future__ import annotations
@@ -86,17 +87,48 @@ def ais_comparisons(fin: pd.DataFrame) -> pd.DataFrame:
     return finish(rows)
 
 
-def slack_rows(fin: pd.DataFrame, paired: pd.DataFrame | None) -> pd.DataFrame:
-    """Each paired test_nll comparison with the slack L_K - AIS (test_nll - test_nll_ais, mean over the runs of
-    each side that have both) and whether |difference| exceeds the larger of the two slacks."""
+def _slack(runs: pd.DataFrame) -> pd.Series:
+    """L_K - AIS per run on the same images: nll_ladder/K<K> - test_nll_ais, K the run's test_nll K, where the
+    ladder has it; else test_nll - test_nll_ais (test_nll on the whole test set, AIS on its first N images)."""
+    out = runs["test_nll"] - runs[AIS]
+    if "nll_samples" in runs:
+        for i, k in runs["nll_samples"].items():
+            try:
+                col = f"nll_ladder/K{int(float(k))}"
+            except (TypeError, ValueError):
+                continue
+            if col in runs and pd.notna(runs.at[i, col]):
+                out.at[i] = runs.at[i, col] - runs.at[i, AIS]
+    return out.dropna()
+
+
+def survives(r: dict[str, Any], ais: dict[str, Any] | None) -> str:
+    """Does the IWAE-NLL difference survive the better estimator: the seed-paired AIS difference of the same pair?"""
+    if ais is None:
+        return "no paired AIS comparison"
+    lo, hi, d = ais["ci_low"], ais["ci_high"], r["mean_diff"]
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "AIS: no interval (n < 2)"
+    if lo > 0 or hi < 0:
+        same = (ais["mean_diff"] > 0) == (d > 0)
+        return "survives the better estimator" if same else "reversed by the better estimator"
+    return "does not survive the better estimator (AIS interval includes 0)"
+
+
+def slack_rows(fin: pd.DataFrame, paired: pd.DataFrame | None, comp: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Each paired test_nll comparison with the slack L_K - AIS (mean over the runs of each side that have both: on
+    the same images where the NLL ladder has the run's K) and whether |difference| exceeds the larger of the two
+    slacks; and, where the same pair has a seed-paired AIS comparison (``comp``), whether the difference survives it."""
     if paired is None or paired.empty or AIS not in fin:
         return pd.DataFrame()
+    by_pair = {} if comp is None or comp.empty else {
+        (c["variant_a"], c["variant_b"], str(c["latent"])): c for c in comp.to_dict("records")}
     out = []
     for r in paired[paired["metric"] == "test_nll"].to_dict("records"):
         slacks = []
         for side in ("variant_a", "variant_b"):
             runs = fin[(fin["label"] == r[side]) & (fin["latent"].astype(str) == str(r["latent"]))]
-            s = (runs["test_nll"] - runs[AIS]).dropna()
+            s = _slack(runs)
             slacks.append((len(s), float(s.mean()) if len(s) else math.nan))
         worst = max((s for _, s in slacks if math.isfinite(s)), default=math.nan)
         if not math.isfinite(worst):
@@ -105,41 +137,58 @@ def slack_rows(fin: pd.DataFrame, paired: pd.DataFrame | None) -> pd.DataFrame:
             verdict = "exceeds the remaining slack"
         else:
             verdict = "within the remaining slack: may be the proposal, not the model"
+        key = (r["variant_a"], r["variant_b"], str(r["latent"]))
+        flip = (r["variant_b"], r["variant_a"], str(r["latent"]))
+        ais = by_pair.get(key)
+        if ais is None and flip in by_pair:  # the AIS table orders each pair by name: B - A the other way round
+            f = by_pair[flip]
+            ais = {**f, "mean_diff": -f["mean_diff"], "ci_low": -f["ci_high"], "ci_high": -f["ci_low"]}
         out.append({"comparison": r["comparison"], "variant_a": r["variant_a"], "variant_b": r["variant_b"],
                     "latent": r["latent"], "n": r["n"], "mean_diff": r["mean_diff"], "ci_low": r["ci_low"],
                     "ci_high": r["ci_high"], "slack_a": slacks[0][1], "slack_a_n": slacks[0][0],
-                    "slack_b": slacks[1][1], "slack_b_n": slacks[1][0], "verdict": verdict})
+                    "slack_b": slacks[1][1], "slack_b_n": slacks[1][0], "verdict": verdict,
+                    "ais_n": ais["n"] if ais else 0, "ais_mean_diff": ais["mean_diff"] if ais else math.nan,
+                    "ais_ci_low": ais["ci_low"] if ais else math.nan,
+                    "ais_ci_high": ais["ci_high"] if ais else math.nan, "ais_verdict": survives(r, ais)})
     return pd.DataFrame(out)
 
 
 def equation_figure(fin: pd.DataFrame, path: Any) -> bool:
-    """Stacked bars per variant and latent: -log p(x) (AIS), + approximation gap, + amortization gap =
-    -ELBO[q_enc]. False if no run has both gaps."""
+    """Stacked bars per variant, one panel per latent size and decoder (a Gaussian decoder's densities are on another
+    scale): -log p(x) (AIS), + approximation gap, + amortization gap = -ELBO[q_enc]. Each panel's axis starts 2 nats
+    below its lowest -log p(x), the blue bar rising from there. False if no run has both gaps."""
     import matplotlib.pyplot as plt
 
     need = [AIS, "gap/approximation", "gap/amortization"]
     if not all(c in fin for c in need):
         return False
-    g = fin.dropna(subset=need).groupby(["latent", "label"], sort=True)[need].mean().reset_index()
+    f = fin.dropna(subset=need).copy()
+    f["decoder"] = f["decoder"].fillna("?").astype(str) if "decoder" in f else "?"
+    g = f.groupby(["latent", "decoder", "label"], sort=True)[need].mean().reset_index()
     if g.empty:
         return False
-    latents = list(dict.fromkeys(g["latent"]))
-    fig, axes = plt.subplots(1, len(latents), figsize=(max(5.0, 1.1 * len(g) + 2), 4), squeeze=False)
-    for ax, z in zip(axes[0], latents, strict=True):
-        d = g[g["latent"] == z]
+    panels = list(dict.fromkeys(zip(g["latent"], g["decoder"], strict=True)))
+    two = len({d for _, d in panels}) > 1
+    width = sum(max(2.5, 0.9 * int(((g["latent"] == z) & (g["decoder"] == d)).sum()) + 1.2) for z, d in panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(5.0, width), 4), squeeze=False,
+                             gridspec_kw={"width_ratios": [int(((g["latent"] == z) & (g["decoder"] == d)).sum()) + 1
+                                                           for z, d in panels]})
+    for ax, (z, dec) in zip(axes[0], panels, strict=True):
+        d = g[(g["latent"] == z) & (g["decoder"] == dec)]
         x = np.arange(len(d))
         base = d[AIS].to_numpy()
-        ax.bar(x, base, label="−log p(x) (AIS)", color="#4c72b0")
+        lo = float(base.min()) - 2
+        ax.bar(x, base - lo, bottom=lo, label="−log p(x) (AIS)", color="#4c72b0")
         ax.bar(x, d["gap/approximation"], bottom=base, label="approximation gap", color="#dd8452")
         ax.bar(x, d["gap/amortization"], bottom=base + d["gap/approximation"].to_numpy(), label="amortization gap",
                color="#55a868")
         top = (base + d["gap/approximation"] + d["gap/amortization"]).to_numpy()
-        lo = float(base.min()) - 2
         ax.set_ylim(lo, float(top.max()) + 1)
         ax.set_xticks(x, list(d["label"]), rotation=30, ha="right")
-        ax.set_title(f"z = {z}")
-        ax.set_ylabel("nats per image (−ELBO[q_enc] at the top)")
-    axes[0][0].legend(loc="upper left")
+        ax.set_title(f"z = {z}" + (f", {dec}" if two else ""))
+    axes[0][0].set_ylabel("nats per image (−ELBO[q_enc] at the top)")
+    handles, names = axes[0][0].get_legend_handles_labels()  # below the panels: the bars fill them
+    fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
     fig.suptitle("−ELBO = −log p(x) + approximation gap + amortization gap (means over seeds)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight", metadata={"Software": None})
@@ -171,12 +220,18 @@ def likelihoods(ctx: Ctx, figures: bool) -> list[str]:
                   ""]
     else:
         lines += ["No two runs at one latent size share a seed and both have test_nll_ais: no AIS comparison.", ""]
-    slack = slack_rows(fin, ctx.paired)
+    slack = slack_rows(fin, ctx.paired, comp)
     if len(slack):
         rows = [{"A": r["variant_a"], "B": r["variant_b"], "latent": r["latent"], "n": r["n"],
                  "IWAE NLL B − A": f"{r['mean_diff']:+.3f}", "slack A": f"{r['slack_a']:.3f}",
-                 "slack B": f"{r['slack_b']:.3f}", "verdict": r["verdict"]} for r in slack.to_dict("records")]
+                 "slack B": f"{r['slack_b']:.3f}", "verdict": r["verdict"],
+                 "AIS NLL B − A": DASH if not r["ais_n"] else
+                 f"{r['ais_mean_diff']:+.3f} [{r['ais_ci_low']:+.3f}, {r['ais_ci_high']:+.3f}] (n = {r['ais_n']})",
+                 "with the better estimator": r["ais_verdict"]} for r in slack.to_dict("records")]
         lines += ["Each paired IWAE-NLL comparison against the bound's remaining slack L_K − AIS (mean over the runs "
-                  "of each side with both numbers): a difference within the slack may be a better-matched proposal "
-                  "rather than a better model.", "", ctx.table("likelihood_slack", rows, slack), ""]
+                  "of each side with both numbers; on the same images, from the NLL ladder, where it has the run's "
+                  "K): a difference within the slack may be a better-matched proposal rather than a better model. "
+                  "Beside it the same pair's seed-paired AIS difference: the IWAE-NLL claim survives the better "
+                  "estimator when that 95% interval excludes 0 on the same side.", "",
+                  ctx.table("likelihood_slack", rows, slack), ""]
     return lines

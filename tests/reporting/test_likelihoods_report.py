@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 from scipy import stats as sps
 
 from bench import report
-from bench.evaluation.likelihood_study import ANALYSIS
+from bench.evaluation.likelihood_study import ANALYSIS, LikelihoodOptions
 from bench.tracking.analyses import analysis_run
 from tests.reporting import synthetic
 
@@ -43,6 +43,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
         if v not in SLACK:
             continue
         ais = r.data.metrics["test_nll"] - SLACK[v] + rng.gauss(0, 0.02)
+        # the settings bench.evaluate logs as params, BDMC on seed 1 only (as make_example_report.sh does): settings
+        # of a measurement, not configuration, so they must not split a variant's runs into labels
+        opts = LikelihoodOptions(bdmc_images=5 if r.data.params["seed"] == "1" else 0, gaps=True)
+        client.log_batch(r.info.run_id, params=[Param(k, str(x)) for k, x in opts.settings().items()])
         client.log_batch(r.info.run_id, metrics=[Metric("test_nll_ais", ais, 0, synthetic.EPOCHS),
                                                  Metric("bdmc_gap", 0.05 + rng.random() * 0.01, 0, synthetic.EPOCHS)])
         elbo = -r.data.metrics["test_loss"]
@@ -70,7 +74,7 @@ def t_interval(v: np.ndarray) -> tuple[float, float, float]:
 def test_section_table_matches_the_store(built: Built) -> None:
     assert "## Likelihoods" in built.text
     table = pd.read_csv(built.out / "tables" / "likelihoods.csv")
-    assert set(table["variant"]) == set(SLACK)
+    assert set(table["variant"]) == set(SLACK)  # no "(bdmc_images=5)" / "(ais_steps=-)" labels
     for v in SLACK:
         got = table[(table["variant"] == v) & (table["metric"] == "test_nll_ais")].iloc[0]
         mean, lo, hi = t_interval(built.values[built.values["variant"] == v]["test_nll_ais"].to_numpy())
@@ -100,3 +104,44 @@ def test_nll_differences_are_judged_against_the_slack(built: Built) -> None:
         exceeds = abs(r["mean_diff"]) > max(r["slack_a"], r["slack_b"])
         assert r["verdict"].startswith("exceeds") == exceeds
     assert "remaining slack" in built.text
+
+
+def test_each_nll_claim_says_whether_it_survives_the_better_estimator(built: Built) -> None:
+    slack = pd.read_csv(built.out / "tables" / "likelihood_slack.csv")
+    v = built.values.set_index(["variant", "seed"])["test_nll_ais"]
+    seen = 0
+    for r in slack.to_dict("records"):
+        if r["variant_a"] not in SLACK or r["variant_b"] not in SLACK:
+            assert r["ais_verdict"] == "no paired AIS comparison" and r["ais_n"] == 0
+            continue
+        # the AIS difference oriented as the row's B - A, recomputed from MLflow
+        d = np.array([v[r["variant_b"], s] - v[r["variant_a"], s] for s in (1, 2, 3)])
+        mean, lo, hi = t_interval(d)
+        assert r["ais_n"] == 3 and r["ais_mean_diff"] == pytest.approx(mean)
+        assert (r["ais_ci_low"], r["ais_ci_high"]) == pytest.approx((lo, hi))
+        if lo > 0 or hi < 0:
+            want = "survives" if (mean > 0) == (r["mean_diff"] > 0) else "reversed"
+        else:
+            want = "does not survive"
+        assert r["ais_verdict"].startswith(want), r
+        seen += 1
+    assert seen >= 1
+    assert "the better estimator" in built.text
+
+
+def test_the_slack_is_taken_on_the_same_images_where_the_ladder_has_the_runs_k() -> None:
+    from bench.reporting.likelihoods import _slack, survives
+
+    runs = pd.DataFrame({"test_nll": [100.0, 100.0, 100.0], AIS_COL: [99.0, 99.0, 99.0],
+                         "nll_samples": ["1000", "1000", "100"], "nll_ladder/K1000": [99.4, np.nan, 99.2],
+                         "nll_ladder/K100": [np.nan, np.nan, 99.7]})
+    assert list(_slack(runs)) == pytest.approx([0.4, 1.0, 0.7])  # the ladder at K; no ladder: test_nll
+    r = {"mean_diff": -0.3}
+    assert survives(r, None) == "no paired AIS comparison"
+    assert survives(r, {"mean_diff": -0.5, "ci_low": -0.8, "ci_high": -0.2}) == "survives the better estimator"
+    assert survives(r, {"mean_diff": 0.5, "ci_low": 0.2, "ci_high": 0.8}) == "reversed by the better estimator"
+    assert survives(r, {"mean_diff": -0.1, "ci_low": -0.4, "ci_high": 0.2}).startswith("does not survive")
+    assert survives(r, {"mean_diff": -0.1, "ci_low": math.nan, "ci_high": math.nan}).startswith("AIS: no interval")
+
+
+AIS_COL = "test_nll_ais"
