@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 
 import optuna
 from optuna.storages import BaseStorage
@@ -69,16 +70,29 @@ def enqueue_missing(study: optuna.Study, spec: str, todo: dict[int, str], retry_
 def pop(study: optuna.Study, storage: BaseStorage) -> tuple[int, FrozenTrial] | None:
     """A WAITING trial of the study turned RUNNING for this worker (its storage id and itself), or None when none
     is left. The same compare-and-set as Optuna's own queue (``Study.ask``), without making a trial when the
-    queue is empty."""
+    queue is empty; on SQLite under the storage's file lock (cas_lock)."""
     study_id = storage.get_study_id_from_name(study.study_name)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        try:
-            if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
-                return trial_id, storage.get_trial(trial_id)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
+    with cas_lock(storage):
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            try:
+                if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+                    return trial_id, storage.get_trial(trial_id)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
     return None
+
+
+def cas_lock(storage: BaseStorage) -> AbstractContextManager[object]:
+    """What makes Optuna's compare-and-set (WAITING -> RUNNING) atomic. On SQLite it is not: its ``SELECT ... FOR
+    UPDATE`` locks nothing there, and Python's sqlite3 reads outside a transaction, so two workers can both read
+    WAITING and both write RUNNING (seen: two winners of one trial in tests/sweeps/test_queue.py). A SQLite file
+    is local to one machine, so the file lock beside it orders every worker of it. PostgreSQL's row lock and the
+    journal file's own lock need nothing more."""
+    url = getattr(storage, "url", "")
+    if isinstance(storage, optuna.storages.RDBStorage) and str(url).startswith("sqlite"):
+        return storage_lock(str(url))
+    return nullcontext()
 
 
 def runner_of(study: optuna.Study, trial: FrozenTrial) -> int | None:

@@ -38,6 +38,7 @@ from bench.errors import NonFiniteLoss
 from bench.sweeps import storage as stg
 from bench.sweeps import studies, workers
 from bench.sweeps.process import open_store_and_data, quiet_optuna, stopwatch
+from bench.sweeps.queue import cas_lock
 from bench.sweeps.study_summary import (
     OBJECTIVE,
     OBJECTIVE_ATTR,
@@ -164,7 +165,8 @@ class Worker:
             if deadline is not None and time.monotonic() > deadline:
                 break
             print(f"trial {k}/{n} of this worker ({eta(time.monotonic() - started, k - 1, n)})", flush=True)
-            trial = self.study.ask()
+            with cas_lock(self.storage):  # on SQLite, two workers could both take one queued retry (queue.cas_lock)
+                trial = self.study.ask()
             trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             t0 = time.perf_counter()
             with workers.Lease(self.storage, trial_id, self.heartbeat) as lease:
