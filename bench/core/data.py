@@ -14,10 +14,10 @@ import importlib.resources
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -34,6 +34,7 @@ MD5 = {
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
 NAME = "mnist"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -147,18 +148,19 @@ def load_mnist(data_dir: str | Path | None = None) -> MNIST:
 
 
 @contextmanager
-def checking_mnist(data_dir: str | Path | None = None) -> Iterator[Callable[[], CheckedMNIST]]:
-    """check_mnist on a thread (decompressing and checksumming release the GIL) while the block opens the store;
-    no torch: bench.run creates its run with this, then loads torch and the tensors."""
+def _on_a_thread(read: Callable[[str | Path | None], T], data_dir: str | Path | None) -> Iterator[Callable[[], T]]:
+    """``read(data_dir)`` on a thread (decompressing and checksumming release the GIL) while the block does
+    something else, e.g. open the tracking store; the block calls what it is given to get the result (or its
+    UserError)."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mnist") as pool:
-        checking = pool.submit(check_mnist, data_dir)
-        yield checking.result
+        yield pool.submit(read, data_dir).result
 
 
-@contextmanager
-def loading_mnist(data_dir: str | Path | None = None) -> Iterator[Callable[[], MNIST]]:
-    """Load MNIST on a thread (decompressing and checksumming release the GIL) while the block does something
-    else, e.g. open the tracking store; the block calls what it is given to get the data (or its UserError)."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mnist") as pool:
-        loading = pool.submit(load_mnist, data_dir)
-        yield loading.result
+def checking_mnist(data_dir: str | Path | None = None) -> AbstractContextManager[Callable[[], CheckedMNIST]]:
+    """check_mnist on a thread, no torch: bench.run creates its run with this, then loads torch and the tensors."""
+    return _on_a_thread(check_mnist, data_dir)
+
+
+def loading_mnist(data_dir: str | Path | None = None) -> AbstractContextManager[Callable[[], MNIST]]:
+    """load_mnist on a thread, while the block opens the store."""
+    return _on_a_thread(load_mnist, data_dir)

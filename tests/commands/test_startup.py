@@ -115,7 +115,9 @@ def test_started_run_is_printed_before_torch_loads(tmp_path: Path, migrated_stor
     from tests.conftest import copy_store
 
     uri = copy_store(migrated_store, tmp_path)
-    device = "auto" if not any(Path(n).exists() for n in ("/proc/driver/nvidia", "/dev/nvidia0", "/dev/kfd")) else "cpu"
+    from bench.core.devices import GPU_NODES
+
+    device = "auto" if not any(Path(n).exists() for n in GPU_NODES) else "cpu"
     argv = ["--latent", "2", "--epochs", "1", "--limit-train", "100", "--no-progress", "--device", device,
             "--tracking-uri", uri]
     proc = subprocess.run([sys.executable, "-c", RUN_PROBE, json.dumps(argv)], capture_output=True, text=True,
