@@ -8,6 +8,8 @@ Cases:
 - ``signal``: SIGINT or SIGTERM at a uniformly random moment of a run (start-up, epochs, checkpoint writes, the
   final evaluation), then ``--resume`` until it is FINISHED.
 - ``sigkill``: the same with SIGKILL (no handler runs; the dead owner's claim must not block the resume).
+- ``resume_signal``: SIGINT as soon as a run is made, then SIGINT or SIGTERM within 0.2 s of its resume printing
+  "resuming run": the resume must end KILLED with exit 130 (a signal it trained through is an "other" failure).
 - ``resume_race``: two ``--resume`` of one killed run at the same moment.
 - ``evaluate``: ``bench.evaluate`` at a random moment while the run trains.
 
@@ -139,6 +141,38 @@ def signal_trial(store: Store, rng: random.Random, span: float, sigs: list[int],
     return found
 
 
+def wait_for_line(proc: subprocess.Popen[str], prefix: str, outputs: list[str]) -> bool:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        outputs.append(line)
+        if line.startswith(prefix):
+            return True
+    return False
+
+
+def resume_signal_trial(store: Store, rng: random.Random, reference: dict[str, float]) -> Counter:
+    found: Counter = Counter()
+    outputs: list[str] = []
+    proc = start("bench.run", [*TRAIN, "--epochs", str(EPOCHS), "--tracking-uri", store.uri], store.folder)
+    if wait_for_line(proc, "started run ", outputs):
+        proc.send_signal(signal.SIGINT)
+    rc, out = finish(proc)
+    outputs.append(out)
+    (run,) = store.runs()
+    run_id = run.info.run_id
+    proc = start("bench.run", ["--resume", run_id, "--no-progress", "--tracking-uri", store.uri], store.folder)
+    if wait_for_line(proc, "resuming run ", outputs):
+        time.sleep(rng.uniform(0, 0.2))
+        proc.send_signal(rng.choice([signal.SIGINT, signal.SIGTERM]))
+    rc, out = finish(proc)
+    outputs.append(out)
+    found["other"] += rc != 130 or store.client.get_run(run_id).info.status != "KILLED"
+    resume_to_the_end(store, run_id, found, outputs)
+    found += damage(store, run_id, reference)
+    found["traceback"] += sum("Traceback" in o or "Exception ignored" in o for o in outputs)
+    return found
+
+
 def race_trial(store: Store, rng: random.Random, span: float, reference: dict[str, float]) -> Counter:
     """Kill a run after its first epoch, then two resumes at once: one trains, the other is refused."""
     found: Counter = Counter()
@@ -209,6 +243,7 @@ def main() -> int:
     cases = {
         "signal (SIGINT/SIGTERM)": lambda s, r: signal_trial(s, r, span, [signal.SIGINT, signal.SIGTERM], reference),
         "sigkill, then resume": lambda s, r: signal_trial(s, r, span, [signal.SIGKILL], reference),
+        "signal as a resume begins": lambda s, r: resume_signal_trial(s, r, reference),
         "two resumes at once": lambda s, r: race_trial(s, r, span, reference),
         "evaluate while training": lambda s, r: evaluate_trial(s, r, span, reference),
     }
@@ -217,7 +252,7 @@ def main() -> int:
 
     def one(job: tuple[str, int, random.Random]) -> tuple[str, Counter]:
         case, i, r = job
-        store = Store(root, f"{case.split()[0]}-{i}", empty)
+        store = Store(root, f"{list(cases).index(case)}-{case.split()[0]}-{i}", empty)
         return case, cases[case](store, r)
 
     with ThreadPoolExecutor(args.jobs) as pool:

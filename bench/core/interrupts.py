@@ -12,6 +12,12 @@
   (no "Exception ignored in atexit callback"). Only when the ending takes longer than PATIENCE seconds (a store
   that hangs) does a further signal exit at once.
 
+A KeyboardInterrupt can be swallowed on its way up: the interpreter ignores (prints) an exception raised in a
+``__del__`` or weakref callback that ran when the signal landed, and a library's bare ``except:`` drops it. The
+signal would then be lost, since the phase is already ENDING, and the run would train on. So the signal acted on
+is remembered, and ``check()``, where the work carries on (each training batch, each stage), raises it again.
+Every command ends once it has caught one, so nothing calls ``check()`` after a signal was handled.
+
 This module imports nothing heavy: commands install it before importing torch.
 """
 
@@ -30,7 +36,8 @@ STARTING, OWNING, ENDING = "starting", "owning", "ending"
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 PATIENCE = 5.0  # seconds of ending after which a repeated signal exits at once
-_state: dict = {"depth": 0, "pending": None, "phase": OWNING, "message": "interrupted", "since": 0.0}
+_state: dict = {"depth": 0, "pending": None, "phase": OWNING, "message": "interrupted", "since": 0.0,
+                "raised": None}
 
 
 def _exit_now(signum: int, line: str) -> None:
@@ -50,7 +57,15 @@ def _act(signum: int) -> None:
             _exit_now(signum, "interrupted again while stopping: exiting at once")
         return
     set_phase(ENDING)  # the command is now recording the run's end: more Ctrl-C must not cut it short
+    _state["raised"] = signum
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def check() -> None:
+    """Raise again the KeyboardInterrupt of a signal that was acted on and then swallowed (see the module's
+    docstring): a no-op unless that happened. Main thread only."""
+    if _state["raised"] is not None and _main_thread():
+        raise KeyboardInterrupt(signal.Signals(_state["raised"]).name)
 
 
 def _handler(signum: int, frame: object) -> None:
@@ -68,7 +83,7 @@ def install(message: str) -> None:
     """Handle SIGINT and SIGTERM from now on, in the STARTING phase: a signal prints ``message`` and exits."""
     if not _main_thread():
         return
-    _state.update(phase=STARTING, message=message, pending=None)
+    _state.update(phase=STARTING, message=message, pending=None, raised=None)
     for s in SIGNALS:
         signal.signal(s, _handler)
 
@@ -104,6 +119,7 @@ def graceful_interrupts() -> Iterator[None]:
     before = _state["phase"]
     _state["phase"] = OWNING
     try:
+        check()  # a signal swallowed before the block: the block's work must not start
         yield
     finally:
         if _state["phase"] != ENDING:  # once a signal has stopped the block, the command is ending

@@ -197,6 +197,7 @@ def execute(tracker: MlflowTracker, variant: Variant, cfg: TrainConfig, data: An
             final_evaluation(result.model, variant, cfg, data, tracker if start is None else NewMetricsOnly(tracker),
                              nll_samples=nll_samples, progress=progress)
             with interrupts.critical():
+                interrupts.check()  # never FINISHED after a signal, even one swallowed in the evaluation
                 tracker.finish("FINISHED")
                 interrupts.set_phase(interrupts.ENDING)
     except NonFiniteLoss as e:

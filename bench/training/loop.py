@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from bench.core import interrupts
 from bench.core.config import TrainConfig
 from bench.core.data import MNIST
 from bench.core.interrupts import critical
@@ -124,6 +125,7 @@ def train(
                        leave=False, dynamic_ncols=True)
             shown = time.monotonic()
             for b, i in enumerate(range(0, n, bs)):
+                interrupts.check()  # a signal whose KeyboardInterrupt something swallowed: stop here
                 xb = train_x.index_select(0, perm[i:i + bs])  # ~3x faster than train_x[idx] on CPU
                 if cfg.binarize == "dynamic":
                     xb = torch.bernoulli(xb, generator=gen)
