@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import copy
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +31,31 @@ if TYPE_CHECKING:  # torch loads where a checkpoint or a model is written: bench
 def param_value(v: Any) -> str:
     """A value as MLflow stores a param (None as 'None'): what runs are logged and matched with."""
     return "None" if v is None else str(v)
+
+
+_REQUIREMENTS_LOCK = threading.Lock()
+
+
+@contextmanager
+def requirements_as_given() -> Iterator[None]:
+    """Skip MLflow's check of a model's pip requirements against the installed packages for this block.
+
+    The check first maps every installed distribution's files (importlib_metadata.packages_distributions):
+    1.5 s of a 2-core machine's CPU in each process that logs a model, a quarter of a small run's wall time. Our
+    one requirement is torch's own installed version, so the check cannot find a mismatch. An MLflow without that
+    function is left alone."""
+    from mlflow.utils import environment
+
+    with _REQUIREMENTS_LOCK:  # the swap is process-wide: one model logged at a time
+        check = getattr(environment, "warn_dependency_requirement_mismatches", None)
+        if check is None:
+            yield
+            return
+        environment.warn_dependency_requirement_mismatches = lambda requirements: None
+        try:
+            yield
+        finally:
+            environment.warn_dependency_requirement_mismatches = check
 
 
 class MlflowTracker:
@@ -142,7 +170,8 @@ class MlflowTracker:
 
         status = self.client.get_run(self.run_id).info.status
         tags = {} if epoch is None else {MODEL_EPOCH_TAG: str(epoch)}
-        with fluent_tracking_uri(self.client.tracking_uri), mlflow.start_run(run_id=self.run_id):
+        with (fluent_tracking_uri(self.client.tracking_uri), mlflow.start_run(run_id=self.run_id),
+              requirements_as_given()):
             info = mlflow.pytorch.log_model(
                 copy.deepcopy(model).cpu(), name=MODEL_NAME, serialization_format="pickle",
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],

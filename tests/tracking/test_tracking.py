@@ -313,6 +313,29 @@ def test_tracker_log_model_keeps_the_run_status_and_the_environment(store: Mlflo
     assert os.environ.get("MLFLOW_TRACKING_URI") == env
 
 
+def test_log_model_pins_its_requirements_without_scanning_the_installed_packages(store: MlflowClient) -> None:
+    """MLflow's requirement check maps every installed distribution (1.5 s a process): skipped, and restored
+    after; the model still records mlflow's and torch's versions."""
+    from mlflow.utils import environment, requirements_utils
+
+    from variants.model import VAE
+
+    check = environment.warn_dependency_requirement_mismatches
+    scanned, requirements_utils._MODULES_TO_PACKAGES = requirements_utils._MODULES_TO_PACKAGES, None
+    try:
+        tracker = MlflowTracker.start(store, "unit", "r5", {})
+        tracker.log_model(VAE(latent=2, hidden=8))
+        assert requirements_utils._MODULES_TO_PACKAGES is None  # no scan was made
+    finally:
+        requirements_utils._MODULES_TO_PACKAGES = scanned
+    assert environment.warn_dependency_requirement_mismatches is check
+    (model,) = tracker.logged_models()
+    with _use_tracking_uri(store.tracking_uri):
+        path = mlflow.pyfunc.get_model_dependencies(f"models:/{model.model_id}")
+    assert Path(path).read_text().split() == [f"mlflow=={mlflow.__version__}",
+                                             f"torch=={torch.__version__.split('+')[0]}"]
+
+
 def test_experiment_artifact_location_is_beside_a_new_store(store: MlflowClient) -> None:
     tracker = MlflowTracker.start(store, "another experiment", "r4", {})
     experiment = store.get_experiment(tracker.experiment_id)
