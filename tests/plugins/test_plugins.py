@@ -114,7 +114,7 @@ def test_a_plugin_variant_runs_through_every_command(plugin_path: str, tmp_path:
         ["bench.evaluate", ["--run-id", renyi.info.run_id, "--tracking-uri", uri, "--nll-samples", "5",
                             "--device", "cpu", "--no-progress"]],
         ["bench.snr", ["--run-id", runs["renyi_laplace"].info.run_id, "--tracking-uri", uri, "--images", "2",
-                       "--repeats", "4", "--k-grid", "1,3", "--device", "cpu"]],
+                       "--repeats", "10", "--k-grid", "1,3", "--device", "cpu"]],
         ["bench.grid", ["--variants", "renyi_a05_k5", "--latents", "2", "--epochs", "1", "--limit-train", "200",
                         "--seeds", "1,2", "--device", "cpu", "--tracking-uri", uri, "--sweep", "plug",
                         "--no-progress"]],
