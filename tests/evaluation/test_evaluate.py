@@ -77,12 +77,13 @@ def test_cli_logs_into_the_run_and_leaves_its_status(trained: tuple[str, str], s
     history = client.get_metric_history(run_id, "test_nll")
     assert ks[0] == "5" and ks[-1] == "20" and len(ks) == len(history)
     assert m["active_units"] == int(m["active_units"]) and 0 <= m["active_units"] <= 2
-    # The test set is binarised as in training (the run's binarize param is dynamic): recompute independently.
-    model = load_run_model(client, run_id)
-    test_x = binarize(mnist.test_x, BINARIZE_SEED + 1)
-    assert m["test_nll"] == pytest.approx(estimate_nll(model, test_x, 20).nll, abs=1e-4)
-    # (Grey levels give the same value in expectation under a Bernoulli decoder, but not the same numbers.)
-    assert m["test_nll"] != pytest.approx(estimate_nll(model, mnist.test_x, 20).nll, abs=1e-3)
+    if gradvar:  # the numbers do not depend on the status: checked once
+        # The test set is binarised as in training (the run's binarize param is dynamic): recompute independently.
+        model = load_run_model(client, run_id)
+        test_x = binarize(mnist.test_x, BINARIZE_SEED + 1)
+        assert m["test_nll"] == pytest.approx(estimate_nll(model, test_x, 20).nll, abs=1e-4)
+        # (Grey levels give the same value in expectation under a Bernoulli decoder, but not the same numbers.)
+        assert m["test_nll"] != pytest.approx(estimate_nll(model, mnist.test_x, 20).nll, abs=1e-3)
     files = _artifacts(client, run_id)
     assert files >= KL_FILES | PICTURES
     # The training run holds no slash-named section, so its Model metrics tab opens on its loss curves (issue 19).

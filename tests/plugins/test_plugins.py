@@ -84,10 +84,18 @@ def _ok(proc: subprocess.CompletedProcess[str]) -> str:
 
 # Every command's main() in turn, in one process that found the plugin through its entry point: a process per
 # command would pay the interpreter's start-up eight times over (start-up and exit are tested in tests/commands).
+# "{variant}" in an argument is the id of that variant's run, looked up when the command starts.
 DRIVER = """
 import importlib, json, sys
+from mlflow import MlflowClient
 from bench.cli import main_guard
-for module, args in json.loads(sys.argv[1]):
+uri, commands = json.loads(sys.argv[1])
+for module, args in commands:
+    if any("{" in a for a in args):
+        client = MlflowClient(uri)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        ids = {r.data.params.get("variant"): r.info.run_id for r in runs if "bench.analysis" not in r.data.tags}
+        args = [a.format(**ids) for a in args]
     status = main_guard(importlib.import_module(module).main, module)(args)
     print(f"@@ {module} exited {status}", flush=True)
     if status:
@@ -100,20 +108,12 @@ def test_a_plugin_variant_runs_through_every_command(plugin_path: str, tmp_path:
     uri = copy_store(migrated_store, tmp_path / "store")
     assert "renyi_a05_k5" in _ok(_run("bench.run", "--list", env=env))
     small = ["--latent", "2", "--limit-train", "200", "--device", "cpu", "--tracking-uri", uri, "--no-progress"]
-    train = [["bench.run", ["--variant", "renyi_a05_k5", "--epochs", "1", "--binarize", "dynamic", *small]],
-             ["bench.run", ["--variant", "renyi_laplace", "--epochs", "1", *small]]]
-    out = _ok(_driver(train, env))
-    assert out.count("exited 0") == 2
-    client = MlflowClient(uri)
-    runs = {r.data.params["variant"]: r for r in client.search_runs(client.search_experiments()[0].experiment_id)}
-    renyi = runs["renyi_a05_k5"]
-    assert (renyi.info.status, renyi.data.params["estimator"], renyi.data.params["beta"]) == ("FINISHED", "renyi",
-                                                                                            "0.5")
-    assert runs["renyi_laplace"].data.params["decoder"] == "laplace"
-    rest = [
-        ["bench.evaluate", ["--run-id", renyi.info.run_id, "--tracking-uri", uri, "--nll-samples", "5",
+    commands = [
+        ["bench.run", ["--variant", "renyi_a05_k5", "--epochs", "1", "--binarize", "dynamic", *small]],
+        ["bench.run", ["--variant", "renyi_laplace", "--epochs", "1", *small]],
+        ["bench.evaluate", ["--run-id", "{renyi_a05_k5}", "--tracking-uri", uri, "--nll-samples", "5",
                             "--device", "cpu", "--no-progress"]],
-        ["bench.snr", ["--run-id", runs["renyi_laplace"].info.run_id, "--tracking-uri", uri, "--images", "2",
+        ["bench.snr", ["--run-id", "{renyi_laplace}", "--tracking-uri", uri, "--images", "2",
                        "--repeats", "10", "--k-grid", "1,3", "--device", "cpu"]],
         ["bench.grid", ["--variants", "renyi_a05_k5", "--latents", "2", "--epochs", "1", "--limit-train", "200",
                         "--seeds", "1,2", "--device", "cpu", "--tracking-uri", uri, "--sweep", "plug",
@@ -122,21 +122,28 @@ def test_a_plugin_variant_runs_through_every_command(plugin_path: str, tmp_path:
                         "--limit-train", "300", "--validation", "100", "--device", "cpu", "--tracking-uri", uri]],
         ["bench.report", ["--tracking-uri", uri, "--out", str(tmp_path / "report")]],
     ]
-    out = _ok(_driver(rest, env))
-    assert out.count("exited 0") == len(rest), out[-2000:]
-    assert "test_nll" in client.get_run(renyi.info.run_id).data.metrics
+    out = _ok(_driver(uri, commands, env))
+    assert out.count("exited 0") == len(commands), out[-2000:]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("vae-bench").experiment_id
+    runs = {r.data.params["variant"]: r for r in client.search_runs(exp) if "variant" in r.data.params
+            and r.data.tags.get("bench.sweep") != "plug" and "bench.analysis" not in r.data.tags}
+    renyi = runs["renyi_a05_k5"]
+    assert (renyi.info.status, renyi.data.params["estimator"], renyi.data.params["beta"]) == ("FINISHED", "renyi",
+                                                                                            "0.5")
+    assert runs["renyi_laplace"].data.params["decoder"] == "laplace"
+    assert "test_nll" in renyi.data.metrics
     snr_run = find_analysis_run(client, runs["renyi_laplace"].info.run_id, SNR_ANALYSIS)  # the study's own run
     assert snr_run is not None and "snr/slope/encoder/iwae" in client.get_run(snr_run).data.metrics
-    grid = client.search_runs([client.get_experiment_by_name("vae-bench").experiment_id],
-                              "tags.`bench.sweep` = 'plug'")
+    grid = client.search_runs([exp], "tags.`bench.sweep` = 'plug'")
     assert sorted(r.data.params["seed"] for r in grid if r.info.status == "FINISHED") == ["1", "2"]
     assert client.get_experiment_by_name("vae-bench-tune") is not None
     assert "renyi_a05_k5" in (tmp_path / "report" / "report.md").read_text()
 
 
-def _driver(commands: list[list[object]], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _driver(uri: str, commands: list[list[object]], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-    return subprocess.run([sys.executable, "-c", DRIVER, json.dumps(commands)], cwd=REPO, env=full_env,
+    return subprocess.run([sys.executable, "-c", DRIVER, json.dumps([uri, commands])], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=1200)
 
 
