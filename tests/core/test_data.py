@@ -6,6 +6,7 @@ import gzip
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -35,6 +36,14 @@ def test_shapes_dtypes_and_range(mnist: MNIST) -> None:
     # byte / 255: every value is an exact multiple of 1/255
     levels = torch.unique(mnist.test_x[:100])
     torch.testing.assert_close(levels * 255, torch.round(levels * 255), rtol=0, atol=1e-4)
+
+
+def test_every_pixel_is_its_byte_divided_by_255_in_float32(mnist: MNIST) -> None:
+    """The decoded floats are the correctly rounded float32 of byte / 255 (what the seed's ToTensor gives)."""
+    for images, stem in ((mnist.train_x, "train-images-idx3-ubyte"), (mnist.test_x, "t10k-images-idx3-ubyte")):
+        raw = np.frombuffer(gzip.decompress((bundled_dir() / f"{stem}.gz").read_bytes()), np.uint8, offset=16)
+        expected = (raw.astype(np.float64) / 255.0).astype(np.float32).reshape(-1, 784)
+        assert np.array_equal(images.numpy(), expected)
 
 
 def test_published_sanity_facts(mnist: MNIST) -> None:
