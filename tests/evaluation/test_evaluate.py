@@ -22,7 +22,7 @@ from bench.evaluation.run_evaluation import final_evaluation, load_run_model
 from bench.tracking.analyses import find_analysis_run
 from bench.tracking.tracker import MemoryTracker
 from bench.training.loop import train
-from tests.conftest import run_cli, train_one
+from tests.conftest import train_one
 from variants.model import VAE
 from variants.registry import Variant
 
@@ -139,10 +139,11 @@ def test_limit_test_is_a_check_that_logs_nothing(trained: tuple[str, str],
     assert client.get_run(run_id).data.metrics == before
 
 
-def test_cli_refuses_an_unknown_run_id(tracking_uri: str) -> None:
-    proc = run_cli("bench.evaluate", "--run-id", "0123456789abcdef0123456789abcdef", "--tracking-uri", tracking_uri)
-    assert proc.returncode == 2
-    assert "no run with id" in _one_line_error(proc.stderr)
+def test_cli_refuses_an_unknown_run_id(tracking_uri: str, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    argv = ["--run-id", "0123456789abcdef0123456789abcdef", "--tracking-uri", tracking_uri]
+    assert main_guard(evaluate_main, PROG)(argv) == 2
+    assert "no run with id" in _one_line_error(capsys.readouterr().err)
 
 
 def test_cli_refuses_a_run_without_a_model(tracking_uri: str, capsys: pytest.CaptureFixture[str]) -> None:
