@@ -25,7 +25,7 @@ from scipy import stats as sps
 
 from bench.reporting.markdown import DASH
 from bench.reporting.pairing import finish, pair, row
-from bench.reporting.sections import FIGURES, Ctx
+from bench.reporting.sections import FIGURES, Ctx, family
 
 AIS = "test_nll_ais"
 LADDER = re.compile(r"nll_ladder/K(\d+)")
@@ -76,10 +76,13 @@ def summary_rows(fin: pd.DataFrame) -> tuple[list[dict[str, Any]], pd.DataFrame]
 
 
 def ais_comparisons(fin: pd.DataFrame) -> pd.DataFrame:
-    """Every pair of variants at each latent size, seed-paired on test_nll_ais (Holm within this family)."""
+    """Every pair of variants with the same decoder at each latent size, seed-paired on test_nll_ais (Holm within
+    this family). Decoders are not paired: a Gaussian decoder's -log p(x) is a density on grey levels, a
+    Bernoulli's a probability of binary images, so their difference measures the scales, not the models."""
     rows = []
     has = fin[fin[AIS].notna()]
-    for latent, g in has.groupby("latent", sort=True):
+    decoder = has["decoder"].map(family) if "decoder" in has else pd.Series("unknown", index=has.index)
+    for (_, latent), g in has.groupby([decoder, "latent"], sort=True):
         for la, lb in combinations(sorted(set(g["label"])), 2):
             p = pair(g[g["label"] == la], g[g["label"] == lb], AIS)
             if len(p):

@@ -145,3 +145,19 @@ def test_the_slack_is_taken_on_the_same_images_where_the_ladder_has_the_runs_k()
 
 
 AIS_COL = "test_nll_ais"
+
+
+def test_ais_comparisons_pair_no_decoders_of_different_kinds() -> None:
+    # A Gaussian decoder's -log p(x) is a density, a Bernoulli's a probability: a difference of the two is scales.
+    from bench.reporting.likelihoods import ais_comparisons
+
+    runs = [{"label": label, "decoder": decoder, "latent": 20, "seed": seed, "run_id": f"{label}-{seed}",
+             "test_nll_ais": base + 0.1 * seed}
+            for label, decoder, base in [("sgvb_b", "bernoulli", 100.0), ("iwae_k5", "bernoulli", 99.0),
+                                         ("sgvb_b_gauss", "gaussian", -700.0)] for seed in (1, 2, 3)]
+    runs += [{"label": "sgvb_b_gauss_z10", "decoder": "gaussian", "latent": 20, "seed": seed,
+              "run_id": f"g10-{seed}", "test_nll_ais": -650.0 + seed} for seed in (1, 2, 3)]
+    comp = ais_comparisons(pd.DataFrame(runs))
+    assert sorted(zip(comp["variant_a"], comp["variant_b"], strict=True)) == [
+        ("iwae_k5", "sgvb_b"), ("sgvb_b_gauss", "sgvb_b_gauss_z10")]
+    assert comp.set_index("variant_a").loc["iwae_k5", "mean_diff"] == pytest.approx(1.0)
