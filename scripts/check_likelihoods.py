@@ -33,12 +33,17 @@ from pathlib import Path
 
 import pandas as pd
 
+# The store's mlflow-artifacts URIs resolve through vae-bench's artifact repository (an entry point of the bench
+# package): importable from a checkout even where the package is not installed, or its install points elsewhere.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 AIS = "test_nll_ais"
 LADDER_K = 1000
 LADDER = f"nll_ladder/K{LADDER_K}"
 GAPS = ("gap/amortization", "gap/approximation")
 ANALYSIS = "likelihood"
 ANALYSIS_TAG, ANALYSIS_OF_TAG = "bench.analysis", "bench.analysis_of"
+UNREADABLE: list[str] = []  # why per-image tables that exist could not be read (their slack falls back to unpaired)
 
 
 def tracking_uri(store: str) -> str:
@@ -98,9 +103,13 @@ def _per_image_slack(client, child_id: str, ais: float, ladder: float) -> tuple[
     """(mean, stderr over the images) of log_px_ais - L_K1000 from per_image.csv, if it is the same evaluation as
     the logged metrics (its means reproduce them); else None."""
     try:
+        listed = {a.path for a in client.list_artifacts(child_id, "likelihood")}
+        if "likelihood/per_image.csv" not in listed:  # an older evaluation, or one stopped before it
+            return None
         with tempfile.TemporaryDirectory(prefix="check-likelihoods-") as tmp:
             t = pd.read_csv(client.download_artifacts(child_id, "likelihood/per_image.csv", tmp))
-    except Exception:  # no such artifact (an older evaluation, or one stopped before it)
+    except Exception as e:  # there but unreadable (the artifact store unreachable, a damaged file)
+        UNREADABLE.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
         return None
     col = f"L_K{LADDER_K}"
     if col not in t or "log_px_ais" not in t or len(t) < 2:
@@ -211,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     md, df = table(rows, args.z)
     print(md)
+    if UNREADABLE:
+        print(f"check_likelihoods.py: {len(UNREADABLE)} per-image tables could not be read, so their slack's standard "
+              f"error is unpaired: {UNREADABLE[0]}", file=sys.stderr)
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(args.csv, index=False)

@@ -162,6 +162,20 @@ def test_violations_are_flagged_and_the_status_is_1(logged: tuple[str, dict[str,
     assert f"({ids['good']})" not in done.stdout.split("runs pass")[1]
 
 
+def test_a_per_image_table_that_cannot_be_read_is_said_not_silently_unpaired(
+        logged: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    uri, ids = logged
+    client = MlflowClient(uri)
+    child = find_analysis_run(client, ids["paired"], ANALYSIS)
+    table = Path(client.get_run(child).info.artifact_uri.removeprefix("file://")) / "likelihood" / "per_image.csv"
+    table.unlink()
+    table.mkdir()  # listed, but no file to read
+    done = _script(uri, "--csv", str(tmp_path / "c.csv"))
+    t = pd.read_csv(tmp_path / "c.csv").set_index("run_id")
+    assert not t.at[ids["paired"], "slack_paired"]
+    assert "1 per-image tables could not be read, so their slack's standard error is unpaired" in done.stderr
+
+
 def test_the_level_is_the_users(logged: tuple[str, dict[str, str]], capsys: pytest.CaptureFixture[str]) -> None:
     uri, ids = logged
     assert check.main([uri, "--z", "1"]) == 1
