@@ -122,6 +122,7 @@ def _per_image_slack(client, child_id: str, ais: float, ladder: float) -> tuple[
 
 def collect(uri: str, sweep: str | None) -> list[Row]:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run's table otherwise
+    UNREADABLE.clear()  # this store's, not an earlier call's
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
