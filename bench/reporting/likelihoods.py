@@ -199,6 +199,22 @@ def equation_figure(fin: pd.DataFrame, path: Any) -> bool:
     return True
 
 
+def _settings(fin: pd.DataFrame, col: str) -> str:
+    """The values of one AIS setting over the runs with AIS, as 'a' or 'a, b'; '?' where not recorded."""
+    if col not in fin:
+        return "?"
+    vals = sorted({str(v) for v in fin.loc[fin[AIS].notna(), col].dropna()})
+    return ", ".join(vals) if vals else "?"
+
+
+def _images(fin: pd.DataFrame) -> str:
+    """Which images each column is on: AIS and what is paired with it on the first N, the rest on the whole test set."""
+    return (f"AIS (T = {_settings(fin, 'ais_steps')}, C = {_settings(fin, 'ais_chains')}, from the "
+            f"{_settings(fin, 'ais_start')}), the gaps, the IWAE NLL at each K of the ladder and the figure's bars "
+            f"are on the first N = {_settings(fin, 'ais_images')} test images of each run; test −ELBO and the IWAE "
+            "NLL at the run's K on all 10,000, so the figure's −ELBO (on the N images) is not the table's.")
+
+
 def likelihoods(ctx: Ctx, figures: bool) -> list[str]:
     """The section, or nothing when no finished run has test_nll_ais."""
     fin = ctx.fin
@@ -209,7 +225,7 @@ def likelihoods(ctx: Ctx, figures: bool) -> list[str]:
              "is an upper bound that tightens with T), checked by BDMC on data simulated from each model, and the "
              "seed's gap −ELBO − (−log p(x)) = KL(q || p(z|x)) split into the amortization gap (encoder against the "
              "best diagonal Gaussian per image) and the approximation gap (that Gaussian against the true posterior). "
-             "Means over runs (seeds) with 95% t-intervals, n runs each.", ""]
+             "Means over runs (seeds) with 95% t-intervals, n runs each. " + _images(fin), ""]
     md, long = summary_rows(fin)
     lines += [ctx.table("likelihoods", md, long), ""]
     if figures and equation_figure(fin, ctx.figure("likelihood_equation.png")):

@@ -73,6 +73,9 @@ def t_interval(v: np.ndarray) -> tuple[float, float, float]:
 
 def test_section_table_matches_the_store(built: Built) -> None:
     assert "## Likelihoods" in built.text
+    # which images each number is on: the settings the runs logged, read back
+    assert ("AIS (T = 1000, C = 16, from the prior), the gaps, the IWAE NLL at each K of the ladder and the figure's "
+            "bars are on the first N = 1000 test images of each run") in built.text
     table = pd.read_csv(built.out / "tables" / "likelihoods.csv")
     assert set(table["variant"]) == set(SLACK)  # no "(bdmc_images=5)" / "(ais_steps=-)" labels
     for v in SLACK:
