@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from bench.core.data import load_mnist
-from bench.core.splits import BINARIZE_SEED, binarize
-from bench.evaluation.ais import ROWS, AISSettings, ais_log_likelihood
-from variants.model import VAE
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's bench, installed or not
+
+from bench.core.data import load_mnist  # noqa: E402
+from bench.core.splits import BINARIZE_SEED, binarize  # noqa: E402
+from bench.evaluation.ais import ROWS, AISSettings, ais_log_likelihood  # noqa: E402
+from variants.model import VAE  # noqa: E402
 
 
 def gemm_floor(model: VAE, rows: int, passes: int) -> float:

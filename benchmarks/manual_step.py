@@ -23,23 +23,27 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from speed import BATCH, gemm_floor_contender
 from tabulate import tabulate
 from torch import Tensor, nn
 
-from bench.cli import quiet_libraries
-from bench.core.config import TrainConfig
-from bench.core.data import load_mnist
-from bench.evaluation.test_elbo import evaluate_test
-from bench.tracking.tracker import NullTracker
-from bench.training.loop import build, train
-from variants import get_variant
-from variants.likelihoods import _bernoulli_log_prob_value
-from variants.model import VAE
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's bench, installed or not
+
+from bench.cli import quiet_libraries  # noqa: E402
+from bench.core.config import TrainConfig  # noqa: E402
+from bench.core.data import load_mnist  # noqa: E402
+from bench.evaluation.test_elbo import evaluate_test  # noqa: E402
+from bench.tracking.tracker import NullTracker  # noqa: E402
+from bench.training.loop import build, train  # noqa: E402
+from variants import get_variant  # noqa: E402
+from variants.likelihoods import _bernoulli_log_prob_value  # noqa: E402
+from variants.model import VAE  # noqa: E402
 
 
 def layer_parameters(model: VAE) -> list[Tensor]:

@@ -16,14 +16,17 @@ import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from bench.core.data import load_mnist
-from bench.core.splits import BINARIZE_SEED, binarize
-from bench.evaluation.nll import ROWS, estimate_nll
-from variants.model import VAE
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's bench, installed or not
+
+from bench.core.data import load_mnist  # noqa: E402
+from bench.core.splits import BINARIZE_SEED, binarize  # noqa: E402
+from bench.evaluation.nll import ROWS, estimate_nll  # noqa: E402
+from variants.model import VAE  # noqa: E402
 
 FULL = 10_000
 

@@ -39,6 +39,7 @@ import io
 import logging
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -49,16 +50,18 @@ import torch.nn.functional as F
 from tabulate import tabulate
 from torch import nn
 
-from bench.cli import quiet_libraries
-from bench.core.config import TrainConfig
-from bench.core.data import MD5, bundled_dir, load_mnist
-from bench.core.devices import resolve_device
-from bench.evaluation.test_elbo import evaluate_test
-from bench.tracking.mlflow_tracker import MlflowTracker
-from bench.tracking.store import open_store
-from bench.tracking.tracker import NullTracker
-from bench.training.loop import build, train
-from variants import get_variant
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's bench, installed or not
+
+from bench.cli import quiet_libraries  # noqa: E402
+from bench.core.config import TrainConfig  # noqa: E402
+from bench.core.data import MD5, bundled_dir, load_mnist  # noqa: E402
+from bench.core.devices import resolve_device  # noqa: E402
+from bench.evaluation.test_elbo import evaluate_test  # noqa: E402
+from bench.tracking.mlflow_tracker import MlflowTracker  # noqa: E402
+from bench.tracking.store import open_store  # noqa: E402
+from bench.tracking.tracker import NullTracker  # noqa: E402
+from bench.training.loop import build, train  # noqa: E402
+from variants import get_variant  # noqa: E402
 
 BATCH, HIDDEN, LATENT, N_TRAIN = 128, 400, 20, 60000
 DEVICE = torch.device("cpu")  # set by --device in main()
