@@ -43,7 +43,6 @@ LADDER = f"nll_ladder/K{LADDER_K}"
 GAPS = ("gap/amortization", "gap/approximation")
 ANALYSIS = "likelihood"
 ANALYSIS_TAG, ANALYSIS_OF_TAG = "bench.analysis", "bench.analysis_of"
-UNREADABLE: list[str] = []  # why per-image tables that exist could not be read (their slack falls back to unpaired)
 
 
 def tracking_uri(store: str) -> str:
@@ -82,6 +81,7 @@ class Row:
     checks: list[Check] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     paired: bool = False
+    unreadable: str = ""  # why its per-image table, there, could not be read (the slack's error is then unpaired)
     ladder: float = math.nan
     ladder_se: float = math.nan
 
@@ -101,16 +101,13 @@ def _last(tags: dict[str, str], params: dict[str, str], name: str, step: int) ->
 
 def _per_image_slack(client, child_id: str, ais: float, ladder: float) -> tuple[float, float] | None:
     """(mean, stderr over the images) of log_px_ais - L_K1000 from per_image.csv, if it is the same evaluation as
-    the logged metrics (its means reproduce them); else None."""
-    try:
-        listed = {a.path for a in client.list_artifacts(child_id, "likelihood")}
-        if "likelihood/per_image.csv" not in listed:  # an older evaluation, or one stopped before it
-            return None
-        with tempfile.TemporaryDirectory(prefix="check-likelihoods-") as tmp:
-            t = pd.read_csv(client.download_artifacts(child_id, "likelihood/per_image.csv", tmp))
-    except Exception as e:  # there but unreadable (the artifact store unreachable, a damaged file)
-        UNREADABLE.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    the logged metrics (its means reproduce them); else None. Raises where the table is there but cannot be read
+    (the artifact store unreachable, a damaged file)."""
+    listed = {a.path for a in client.list_artifacts(child_id, "likelihood")}
+    if "likelihood/per_image.csv" not in listed:  # an older evaluation, or one stopped before it
         return None
+    with tempfile.TemporaryDirectory(prefix="check-likelihoods-") as tmp:
+        t = pd.read_csv(client.download_artifacts(child_id, "likelihood/per_image.csv", tmp))
     col = f"L_K{LADDER_K}"
     if col not in t or "log_px_ais" not in t or len(t) < 2:
         return None
@@ -122,7 +119,6 @@ def _per_image_slack(client, child_id: str, ais: float, ladder: float) -> tuple[
 
 def collect(uri: str, sweep: str | None) -> list[Row]:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run's table otherwise
-    UNREADABLE.clear()  # this store's, not an earlier call's
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
@@ -154,7 +150,10 @@ def collect(uri: str, sweep: str | None) -> list[Row]:
         cm = child.data.metrics if child is not None else {}
         if LADDER in cm:
             row.ladder, row.ladder_se = cm[LADDER], cm.get(f"{LADDER}_stderr", math.nan)
-            paired = _per_image_slack(client, child.info.run_id, row.ais, row.ladder)
+            try:
+                paired = _per_image_slack(client, child.info.run_id, row.ais, row.ladder)
+            except Exception as e:
+                paired, row.unreadable = None, str(e).splitlines()[0] if str(e) else type(e).__name__
             if paired is not None:
                 row.paired = True
                 row.checks.append(Check(f"L_{LADDER_K} - AIS", *paired))
@@ -221,9 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     md, df = table(rows, args.z)
     print(md)
-    if UNREADABLE:
-        print(f"check_likelihoods.py: {len(UNREADABLE)} per-image tables could not be read, so their slack's standard "
-              f"error is unpaired: {UNREADABLE[0]}", file=sys.stderr)
+    unreadable = [r.unreadable for r in rows if r.unreadable]
+    if unreadable:
+        print(f"check_likelihoods.py: {len(unreadable)} per-image tables could not be read, so their slack's standard "
+              f"error is unpaired: {unreadable[0]}", file=sys.stderr)
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(args.csv, index=False)
