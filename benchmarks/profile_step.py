@@ -27,6 +27,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.core.allocator import keep_freed_memory  # noqa: E402
 from bench.core.data import load_mnist  # noqa: E402
 from variants import get_variant  # noqa: E402
 from variants.model import VAE  # noqa: E402
@@ -121,7 +122,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--system-malloc", action="store_true",
+                    help="leave glibc's malloc thresholds as they are (train() raises them: bench.core.allocator)")
     args = ap.parse_args()
+    if not args.system_malloc:
+        keep_freed_memory()  # as train() does
     if args.threads:
         torch.set_num_threads(args.threads)
     for precision in ("fp32", "bf16"):

@@ -37,6 +37,7 @@ import contextlib
 import gzip
 import io
 import logging
+import os
 import shutil
 import statistics
 import sys
@@ -53,6 +54,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's bench, installed or not
 
 from bench.cli import quiet_libraries  # noqa: E402
+from bench.core.allocator import OPT_OUT, keep_freed_memory  # noqa: E402
 from bench.core.config import TrainConfig  # noqa: E402
 from bench.core.data import MD5, bundled_dir, load_mnist  # noqa: E402
 from bench.core.devices import resolve_device  # noqa: E402
@@ -298,8 +300,15 @@ def main() -> None:
     ap.add_argument("--skip-classic", action="store_true", help="leave out the seed's loop (slowest)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, mps")
+    ap.add_argument("--system-malloc", action="store_true",
+                    help="leave glibc's malloc thresholds as they are (the harness raises them: bench.core.allocator)")
     args = ap.parse_args()
     quiet_libraries()
+    # Every contender runs under the allocator setting the harness's train() makes, from the first warm-up on.
+    if args.system_malloc:
+        os.environ[OPT_OUT] = "system"  # train() then leaves malloc alone too
+    print("allocator:", "glibc defaults" if args.system_malloc else
+          "freed memory kept" if keep_freed_memory() else "unchanged (not glibc, or MALLOC_* set)")
     global DEVICE
     DEVICE = torch.device(resolve_device(args.device))
     if args.threads:

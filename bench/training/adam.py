@@ -9,6 +9,17 @@ bit-identical to it; its state_dict has torch.optim's layout, so checkpoints loa
 
 The update, per parameter θ with gradient g at step t (Kingma & Ba 2015, Algorithm 1):
     m ← β1 m + (1 − β1) g;   v ← β2 v + (1 − β2) g²;   θ ← θ − lr · (m / (1 − β1ᵗ)) / (√(v / (1 − β2ᵗ)) + ε)
+
+Subnormals, on the CPU: where g stops coming (a dead ReLU unit, a pixel that is dark in nearly every image), m
+decays by β1 a step until it passes below float32's least normal number (1.2e-38) and spends ~150 steps as a
+subnormal, where every multiply takes a microcode assist. On the seed's model a quarter of fc1's m sits there
+from epoch 3 on, and epochs take 16% longer (benchmarks/README.md, "Subnormals"). Every FLUSH_EVERY steps the
+subnormal entries of m and v are set to zero. That moves no weight: the update such an m gives is
+lr · m / (√v + ε) < 1e-3 · 1.2e-38 / 1e-8 ≈ 1e-33, and θ − 1e-33 rounds back to θ for any |θ| above ~1e-26;
+a later m or v computed from a flushed one differs from torch.optim's only below its own rounding unit while g is
+normal-sized (tests/training/test_adam.py checks the parameters stay bit-identical). Keyed to the step count, so a
+resumed run flushes where an uninterrupted one does.
+GPUs handle subnormals at full speed; no flush there.
 """
 
 from __future__ import annotations
@@ -20,6 +31,8 @@ import torch
 from torch import Tensor
 
 FUSED_DEVICES = ("cpu", "cuda")
+FLUSH_EVERY = 16  # steps between flushes of m's and v's subnormals (CPU): ~0.03 ms a step
+LEAST_NORMAL = torch.finfo(torch.float32).tiny
 
 
 class FusedAdam:
@@ -32,6 +45,7 @@ class FusedAdam:
             raise ValueError("FusedAdam got an empty parameter list")
         self.lr, self.betas, self.eps = float(lr), (float(betas[0]), float(betas[1])), float(eps)
         self.state: dict[int, dict[str, Tensor]] = {}  # by the parameter's index, as torch.optim's state_dict
+        self.flush_subnormals = self.params[0].device.type == "cpu"
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -62,6 +76,10 @@ class FusedAdam:
                            [s["exp_avg_sq"] for s in states], [], steps, amsgrad=False, lr=self.lr,
                            beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps,
                            maximize=False)
+        if self.flush_subnormals and int(steps[0]) % FLUSH_EVERY == 0:
+            for s in states:
+                for moment in (s["exp_avg"], s["exp_avg_sq"]):
+                    moment.masked_fill_(moment.abs() < LEAST_NORMAL, 0.0)  # also zeros, which stay zero
 
     def state_dict(self) -> dict[str, Any]:
         """torch.optim.Adam's layout (its param_group keys included), so either class loads the other's."""

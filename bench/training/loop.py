@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from bench.core import interrupts
+from bench.core.allocator import keep_freed_memory
 from bench.core.config import TrainConfig
 from bench.core.data import MNIST
 from bench.core.interrupts import critical
@@ -96,6 +97,7 @@ def train(
     """
     tracker = tracker or NullTracker()
     device = torch.device(cfg.device)
+    keep_freed_memory()  # the step's big tensors reuse freed heap instead of page-faulting (bench.core.allocator)
     model, opt = build(variant, cfg)
     first = 1
     if start is not None:

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from bench.training.adam import FusedAdam, make_adam
+from bench.training.adam import FLUSH_EVERY, LEAST_NORMAL, FusedAdam, make_adam
 from tests.conftest import CODE, REPO
 
 
@@ -93,3 +93,57 @@ def test_training_never_imports_torch_dynamo() -> None:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "False"
+
+
+def _steps_with_dead_inputs(model: torch.nn.Module, opt: object, n: int, live_for: int = 5, seed: int = 4) -> None:
+    """Inputs 0-2 carry signal for `live_for` steps and are zero after: their weights' gradients stop (exactly 0),
+    and m decays by β1 a step."""
+    gen = torch.Generator().manual_seed(seed)
+    for t in range(n):
+        x = torch.randn(16, 12, generator=gen)
+        if t >= live_for:
+            x[:, :3] = 0.0
+        opt.zero_grad(set_to_none=True)  # type: ignore[attr-defined]
+        model(x).square().mean().backward()
+        opt.step()  # type: ignore[attr-defined]
+
+
+def test_subnormal_moments_are_flushed_on_cpu_and_no_parameter_moves() -> None:
+    """After ~800 steps without gradient, m of the dead inputs' weights is subnormal in torch's Adam; FusedAdam has
+    set those entries to zero at a multiple of FLUSH_EVERY steps, and every parameter is still bit-identical."""
+    n = 56 * FLUSH_EVERY  # 896 steps: 0.9**891 * |m| crosses 1.2e-38 for |m| below ~1e3
+    ours, theirs = _model(), _model()
+    ours_opt = FusedAdam(ours.parameters(), lr=1e-3)
+    theirs_opt = torch.optim.Adam(theirs.parameters(), lr=1e-3, fused=True)
+    _steps_with_dead_inputs(ours, ours_opt, n)
+    _steps_with_dead_inputs(theirs, theirs_opt, n)
+
+    dead_theirs = theirs_opt.state[theirs[0].weight]["exp_avg"][:, :3]
+    subnormal = (dead_theirs != 0) & (dead_theirs.abs() < LEAST_NORMAL)
+    assert subnormal.sum() > 0  # the case this is about: torch's Adam carries subnormals here
+    assert torch.all(ours_opt.state[0]["exp_avg"][:, :3][subnormal] == 0)
+    for s in ours_opt.state.values():
+        for moment in (s["exp_avg"], s["exp_avg_sq"]):
+            assert not torch.any((moment != 0) & (moment.abs() < LEAST_NORMAL))
+    assert _same(ours, theirs)
+
+
+def test_the_flush_waits_for_a_multiple_of_flush_every_steps_and_a_resumed_run_flushes_there_too() -> None:
+    """Keyed to the step count (not to when the optimiser was built or loaded)."""
+    model = _model()
+    opt = FusedAdam(model.parameters(), lr=1e-3)
+    _steps_with_dead_inputs(model, opt, 1, live_for=0)
+    opt.state[0]["exp_avg"][:, :3] = 1e-39  # subnormals planted where the gradient is exactly 0
+    _steps_with_dead_inputs(model, opt, FLUSH_EVERY - 2, live_for=0, seed=5)
+    assert float(opt.state[0]["step"]) == FLUSH_EVERY - 1
+    assert torch.all(opt.state[0]["exp_avg"][:, :3] != 0)  # 0.9**14 * 1e-39: still there, still subnormal
+
+    resumed = _model()
+    resumed.load_state_dict(model.state_dict())
+    resumed_opt = FusedAdam(resumed.parameters(), lr=1e-3)
+    resumed_opt.load_state_dict(_saved(opt.state_dict()))
+    for o, m in ((opt, model), (resumed_opt, resumed)):
+        _steps_with_dead_inputs(m, o, 1, live_for=0, seed=6)
+        assert float(o.state[0]["step"]) == FLUSH_EVERY
+        assert torch.all(o.state[0]["exp_avg"][:, :3] == 0)
+    assert _same(model, resumed)
