@@ -8,11 +8,13 @@ the decoder's two GEMMs forward (z -> 400 -> 784) and two backward (784 -> 400 -
 is those four matrix products alone, T x L times over the same rows, in chunks of bench.evaluation.ais.ROWS. Both
 run in this one process in interleaved rounds, so a shared machine slows them alike: the figure is the ratio.
 Times are scaled to --scale-images images at --scale-steps temperatures (the defaults: 1,000 and 1,000).
+The allocator setting is process-wide, so to price it run the script with and without --system-malloc, alternately.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's bench, installed or not
 
+from bench.core.allocator import OPT_OUT  # noqa: E402
 from bench.core.data import load_mnist  # noqa: E402
 from bench.core.splits import BINARIZE_SEED, binarize  # noqa: E402
 from bench.evaluation.ais import ROWS, AISSettings, ais_log_likelihood  # noqa: E402
@@ -54,7 +57,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--scale-images", type=int, default=1000)
     p.add_argument("--scale-steps", type=int, default=1000)
+    p.add_argument("--system-malloc", action="store_true",
+                   help="leave glibc's malloc thresholds as they are (AIS raises them: bench.core.allocator)")
     args = p.parse_args()
+    if args.system_malloc:
+        os.environ[OPT_OUT] = "system"  # run_ais then leaves malloc alone
     torch.manual_seed(0)
     model = VAE(latent=args.latent).eval()  # the cost does not depend on the weights
     x = binarize(load_mnist().test_x[:args.images], BINARIZE_SEED + 1)
@@ -65,10 +72,10 @@ def main() -> None:
           f"x{scale:g} to {args.scale_images} images at T={args.scale_steps}; {torch.get_num_threads()} threads")
     floors, times = [], []
     for r in range(args.rounds):
-        floors.append(gemm_floor(model, rows, args.steps * args.leapfrog) * scale)
-        t = time.perf_counter()
+        t = time.perf_counter()  # AIS first: in round 1 it meets its big blocks in a fresh process, as `evaluate` does
         ais_log_likelihood(model, x, settings)
         times.append((time.perf_counter() - t) * scale)
+        floors.append(gemm_floor(model, rows, args.steps * args.leapfrog) * scale)
         print(f"round {r + 1}: GEMM floor {floors[-1]:.0f} s, AIS {times[-1]:.0f} s, "
               f"ratio {times[-1] / floors[-1]:.2f}", flush=True)
     f, a = statistics.median(floors), statistics.median(times)

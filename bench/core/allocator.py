@@ -3,10 +3,13 @@
 A step allocates tensors of 0.2-1.3 MB (the activations, the weight gradients) and frees them. glibc's malloc
 serves blocks over its mmap threshold with fresh mmap()s and gives the top of its heap back to the kernel once
 more than its trim threshold lies free there; either way the next step's tensors land on new pages, and the kernel
-zeroes each 4 KB page on its first touch. On the seed's step that was 170-360 minor page faults per step, 1 MB of
-zeroing, and 5-10% of the step (benchmarks/README.md, "Page faults"). Raising both thresholds keeps the freed
-blocks in the heap for reuse: no faults after the first steps, at the price of holding up to TRIM_BYTES of freed
-memory that the kernel could otherwise reclaim.
+zeroes each 4 KB page on its first touch. Raising both thresholds keeps the freed blocks in the heap for reuse, at
+the price of holding up to TRIM_BYTES of freed memory that the kernel could otherwise reclaim. Measured on a
+2-core Intel Xeon (benchmarks/README.md, "Page faults"): the seed's training step went from 130-360 minor faults
+a step to 0.1, but its time moved less than the machine's noise (about 5%); AIS on 256 images in a fresh process
+went from 2.4-2.8 M faults to 34-66 k and took 21-24% less time. How much glibc's defaults cost depends on what
+the process freed before (glibc raises its thresholds itself after freeing a big mmap'd block), so the figure is
+that large only where AIS meets the big sizes first.
 
 Process-wide and glibc-only: ``keep_freed_memory`` does nothing elsewhere (musl, macOS, Windows), where the
 allocators behave differently; nor when the user has set glibc's own variables (MALLOC_MMAP_THRESHOLD_, ...);

@@ -193,7 +193,7 @@ def run_ais(model: nn.Module, x: Tensor, settings: AISSettings, gen: torch.Gener
             reverse: bool = False, tick: Callable[[int], None] | None = None) -> Chains:
     """Forward (z0 None: drawn from p_0) or reverse (z0 [B, C, J], exact posterior samples) AIS on images x [B, D].
     Returns the log weights: forward, E[w] = p(x); reverse, E[w] = 1/p(x)."""
-    keep_freed_memory()  # each transition's [rows, 784] tensors reuse the heap: 20-28% faster (bench.core.allocator)
+    keep_freed_memory()  # each transition's [rows, 784] tensors reuse the heap (bench.core.allocator)
     target = Target(model, x, settings.start)
     betas = SCHEDULES[settings.schedule](settings.steps).tolist()
     z = target.sample_start(settings.chains, gen) if z0 is None else z0

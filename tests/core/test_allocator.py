@@ -60,8 +60,8 @@ def run_steps(**env: str) -> dict:
 def test_kept_memory_stops_the_steps_page_faults_and_changes_no_number() -> None:
     kept, system = run_steps(), run_steps(VAE_BENCH_MALLOC="system")
     assert kept["kept"] is True and system["kept"] is False
-    # Without it this step faulted 170-360 times (4 KB pages zeroed by the kernel) on the machine it was found on;
-    # with it, the first steps' blocks are reused (3-10 a step remain: the interpreter's own small pages).
+    # Without it this step faulted 130-360 times (4 KB pages zeroed by the kernel) on the machine it was found on;
+    # with it, the first steps' blocks are reused (0.1-10 a step remain: the interpreter's own small pages).
     assert kept["faults"] < 20, kept
     assert kept["params"] == system["params"]  # where the tensors live changes no arithmetic
 
