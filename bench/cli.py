@@ -121,6 +121,9 @@ def add_common(p: argparse.ArgumentParser, *, experiment: str | None = None, dat
 def quiet_libraries() -> None:
     """Keep MLflow's and alembic's INFO chatter and download bars off the user's terminal."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # `import mlflow` sets its logger's level from this variable, undoing the setLevel below when mlflow is imported
+    # after this runs (it is, lazily): without it, log_model's pickle warning reached every run's terminal.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.ERROR)
     # MLflow logs every database error it then raises (with its traceback) at ERROR, e.g. SQLite's "database is

@@ -155,6 +155,7 @@ def test_stdout_has_the_seeds_epoch_lines_and_the_ui_address(tracked: Tracked) -
             f"{tracked.store / ARTIFACTS_DIR}` at http://127.0.0.1:5000/#/experiments/{info.experiment_id}/runs/"
             f"{info.run_id}?workflowType=machine_learning") in out
     assert "Traceback" not in tracked.proc.stderr
+    assert " WARNING mlflow" not in tracked.proc.stderr + out  # e.g. log_model's pickle note: the user can't act on it
 
 
 def test_artifacts_images_and_one_checkpoint(tracked: Tracked) -> None:
