@@ -65,10 +65,14 @@ def _group(pgid: int) -> list[int]:
     return pids
 
 
-def _holds_a_store_lock(pids: list[int]) -> bool:
-    """Whether any of the processes holds a file lock (/proc/locks: SQLite's locks on mlflow.db, our lock file, a
-    journal storage's lock) or is inside an SQLite write (its rollback journal open): a process stopped there
-    would block every other process of the store."""
+def _holds_a_store_lock(pids: list[int], journal: Path) -> bool:
+    """Whether any of the processes holds a file lock (/proc/locks: SQLite's locks on mlflow.db, our lock file), is
+    inside an SQLite write (its rollback journal open), or holds the journal storage's lock (Optuna's symlink beside
+    the journal, which /proc/locks does not show; while the worker is stopped nobody else writes, so if it exists,
+    the worker made it): a process stopped there would block every other process of the store, and after Optuna's
+    30 s grace period the other worker breaks the journal's lock, and the stopped one's release then raises."""
+    if os.path.lexists(f"{journal}.lock"):
+        return True
     locks = Path("/proc/locks").read_text().split("\n")
     rows = [line.split() for line in locks]
     holders = {int(f[4]) for f in rows if len(f) > 4 and f[1] != "->" and f[4].isdigit()}  # "->": a waiter
@@ -83,14 +87,14 @@ def _holds_a_store_lock(pids: list[int]) -> bool:
     return False
 
 
-def _pause_between_writes(proc: subprocess.Popen, group: bool) -> None:
+def _pause_between_writes(proc: subprocess.Popen, group: bool, journal: Path) -> None:
     """SIGSTOP the worker at a moment it holds no store lock. A worker stopped inside a write blocks the store for
     everyone (SQLite allows one writer), which is not what these tests are about; they are about its cell."""
     send = (lambda sig: os.killpg(proc.pid, sig)) if group else proc.send_signal
     for _ in range(200):
         send(signal.SIGSTOP)
         time.sleep(0.05)  # let the stop land on every process of the group
-        if not _holds_a_store_lock(_group(proc.pid) if group else [proc.pid]):
+        if not _holds_a_store_lock(_group(proc.pid) if group else [proc.pid], journal):
             return
         send(signal.SIGCONT)
         time.sleep(0.05)
@@ -110,7 +114,7 @@ def test_a_paused_worker_in_another_pid_namespace_loses_its_cell_and_ends_cleanl
                               start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         first = _wait_for_a_running_run(journal, paused)
-        _pause_between_writes(paused, group=True)
+        _pause_between_writes(paused, group=True, journal=journal)
         assert first.user_attrs[workers.WORKER_ATTR] != str(ME)
         time.sleep(3.5)  # silent for longer than 2 x --heartbeat + 1 s
         assert grid.main(args) == 0  # takes the cell over and runs it
@@ -140,7 +144,7 @@ def test_a_paused_worker_that_can_be_checked_keeps_its_cell(tmp_path: Path, trac
                               stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         _wait_for_a_running_run(journal, paused)
-        _pause_between_writes(paused, group=False)
+        _pause_between_writes(paused, group=False, journal=journal)
         time.sleep(3.5)
         assert grid.main(args) == 0
     finally:
