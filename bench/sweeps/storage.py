@@ -14,6 +14,7 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from bench.errors import UserError
+from bench.sweeps.journal_lock import OwnedSymlinkLock
 from bench.tracking.locks import StoreLock
 from bench.tracking.store import lock_for, redact, sqlite_path
 
@@ -98,7 +99,7 @@ def open_storage(spec: str) -> BaseStorage:
         if not path.parent.is_dir():
             raise UserError(f"folder {path.parent} for the journal storage does not exist")
         try:
-            return JournalStorage(JournalFileBackend(str(path)))
+            return JournalStorage(JournalFileBackend(str(path), lock_obj=OwnedSymlinkLock(str(path))))
         except OSError as e:
             raise UserError(f"journal storage {path} cannot be opened: {e}") from None
     spec = postgres_driver(spec)
