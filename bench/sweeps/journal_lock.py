@@ -22,6 +22,8 @@ import uuid
 
 from optuna.storages.journal import JournalFileSymlinkLock
 
+from bench.errors import UserError
+
 GRACE_SECONDS = 30.0  # Optuna's default: how long an unchanged journal with a lock means a dead holder
 SUFFIX = ".lock"  # Optuna's name for the link, so that both kinds of process see one lock
 
@@ -45,7 +47,9 @@ class OwnedSymlinkLock(JournalFileSymlinkLock):  # a subclass only to be the typ
                 try:
                     stamp = (*self._identity(), os.stat(self.link).st_mtime_ns)  # whose link; the journal's last write
                 except FileNotFoundError:
-                    continue  # released meanwhile: try again at once
+                    if not os.path.exists(self.journal):  # else the link was released meanwhile: try again at once
+                        raise UserError(f"journal storage {self.journal} is gone (deleted or moved in use)") from None
+                    continue
                 if stamp != seen:
                     seen, since = stamp, time.monotonic()
                 elif time.monotonic() - since > self.grace_seconds:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
+from bench.errors import UserError
 from bench.sweeps.journal_lock import OwnedSymlinkLock
 from bench.sweeps.storage import open_storage
 
@@ -71,3 +72,14 @@ def test_optunas_own_lock_waits_for_ours(tmp_path: Path) -> None:
 def test_journal_storages_are_opened_with_the_owned_lock(tmp_path: Path) -> None:
     storage = open_storage(str(tmp_path / "q.journal"))
     assert isinstance(storage._backend._lock, OwnedSymlinkLock)  # type: ignore[attr-defined]
+
+
+def test_a_journal_removed_while_its_lock_is_held_is_one_clear_error(tmp_path: Path) -> None:
+    """Not a spin: the link dangles, and a waiter says the journal is gone."""
+    journal = tmp_path / "grid.journal"
+    journal.touch()
+    holder, waiter = OwnedSymlinkLock(str(journal)), OwnedSymlinkLock(str(journal))
+    holder.acquire()
+    journal.unlink()
+    with pytest.raises(UserError, match="is gone"):
+        waiter.acquire()
