@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn, TypeVar
 
 from bench.core import interrupts
-from bench.core.allocator import keep_freed_memory
 from bench.errors import UserError, first_line
 from variants.registry import REGISTRY
 
@@ -175,7 +174,6 @@ def main_guard(main: Callable[[list[str] | None], int], prog: str) -> Callable[[
         from variants.plugins import FAILURES
 
         quiet_libraries()
-        keep_freed_memory()  # no page faults for the big tensors of training and AIS (bench.core.allocator)
         locks.set_waiting(False)
         try:
             args = load_plugin_flags(list(sys.argv[1:] if own else argv))
