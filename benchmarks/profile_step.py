@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import resource
 import sys
 import time
 from collections import defaultdict
@@ -28,9 +29,10 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.core.allocator import keep_freed_memory  # noqa: E402
+from bench.core.config import TrainConfig  # noqa: E402
 from bench.core.data import load_mnist  # noqa: E402
+from bench.training.loop import build  # noqa: E402
 from variants import get_variant  # noqa: E402
-from variants.model import VAE  # noqa: E402
 
 BATCH = 128
 GEMM = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::_addmm_activation")
@@ -42,8 +44,8 @@ def category(name: str) -> str:
         return "GEMM"
     if "adam" in name.lower():
         return "Adam"
-    if "binary_cross_entropy" in name or "BinaryCrossEntropy" in name or "log_sigmoid" in name \
-            or "softplus" in name or "Likelihood" in name or "Bernoulli" in name:
+    if any(part in name.lower() for part in ("binary_cross_entropy", "binarycrossentropy", "log_sigmoid",
+                                             "softplus", "likelihood", "bernoulli")):
         return "likelihood"
     if name in CASTS:
         return "casts / copies"
@@ -55,13 +57,11 @@ def category(name: str) -> str:
 
 
 def step_fn(precision: str) -> tuple[Callable[[], None], torch.Tensor]:
-    torch.manual_seed(1)
-    model = VAE(latent=20, hidden=400)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    variant = get_variant("sgvb_b")
+    model, opt = build(variant, TrainConfig(seed=1))  # the harness's model and optimiser (bench.training.adam)
     train_x = load_mnist().train_x
     perm = torch.randperm(len(train_x))
     gen = torch.Generator().manual_seed(1)
-    variant = get_variant("sgvb_b")
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     state = {"i": 0}
 
@@ -78,29 +78,39 @@ def step_fn(precision: str) -> tuple[Callable[[], None], torch.Tensor]:
     return step, train_x
 
 
-def wall_ms(step: Callable[[], None], steps: int) -> float:
-    """Wall-clock ms per step without the profiler: the ops' self time plus Python's and the dispatcher's."""
-    t0 = time.perf_counter()
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def wall_ms(step: Callable[[], None], steps: int) -> tuple[float, float]:
+    """Wall-clock ms per step without the profiler (the ops' self time plus Python's and the dispatcher's), and
+    minor page faults per step."""
+    f0, t0 = minor_faults(), time.perf_counter()
     for _ in range(steps):
         step()
-    return (time.perf_counter() - t0) * 1e3 / steps
+    return (time.perf_counter() - t0) * 1e3 / steps, (minor_faults() - f0) / steps
 
 
 def profile_table(precision: str, steps: int, top: int) -> str:
     step, _ = step_fn(precision)
     for _ in range(20):
         step()
-    wall = wall_ms(step, steps)
+    wall, faults = wall_ms(step, steps)
+    # The profiler's own allocations can return the step's big buffers to the kernel, so that a profiled step
+    # faults its 1.25 MB weight-sized tensors back in; the faults per step say when a profile is inflated so.
+    f0 = minor_faults()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(steps):
             step()
+    profiled_faults = (minor_faults() - f0) / steps
     events = prof.key_averages()
     total_ms = sum(e.self_cpu_time_total for e in events) / 1e3 / steps
     cats: dict[str, float] = defaultdict(float)
     for e in events:
         cats[category(e.key)] += e.self_cpu_time_total / 1e3 / steps
     lines = [f"### {precision}: {total_ms:.2f} ms of self CPU time per step ({steps} steps, "
-             f"{torch.get_num_threads()} threads); {wall:.2f} ms wall per step unprofiled", "",
+             f"{torch.get_num_threads()} threads); {wall:.2f} ms wall per step unprofiled; page faults per step "
+             f"{faults:.1f} unprofiled, {profiled_faults:.1f} profiled", "",
              "| part | ms / step | share |", "| --- | --- | --- |"]
     for c, ms in sorted(cats.items(), key=lambda kv: -kv[1]):
         lines.append(f"| {c} | {ms:.3f} | {ms / total_ms:.0%} |")
@@ -108,12 +118,23 @@ def profile_table(precision: str, steps: int, top: int) -> str:
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]:
         lines.append(f"| {e.key} | {category(e.key)} | {e.self_cpu_time_total / 1e3 / steps:.3f} | "
                      f"{e.count / steps:g} |")
+    by_shape = prof.key_averages(group_by_input_shape=True)
+
+    def shape(e: object, i: int) -> str:
+        shapes = getattr(e, "input_shapes", None)
+        return "x".join(map(str, shapes[i])) if shapes and len(shapes) > i and shapes[i] else "scalar"
+
+    # Which products take the time, by shape; benchmarks/step_budget.py times them without the profiler.
+    gemms = [e for e in by_shape if e.key in GEMM]
+    lines += ["", "| GEMM | operand shapes | ms / step | calls / step |", "| --- | --- | --- | --- |"]
+    for e in sorted(gemms, key=lambda e: -e.self_cpu_time_total):
+        operands = " x ".join(shape(e, i) for i in ((0, 1) if e.key == "aten::mm" else (1, 2)))
+        lines.append(f"| {e.key} | {operands} | {e.self_cpu_time_total / 1e3 / steps:.3f} | {e.count / steps:g} |")
     # Which tensors the copies move: autocast's casts of the weights one way and their gradients the other.
-    copies = [e for e in prof.key_averages(group_by_input_shape=True) if e.key == "aten::copy_"]
+    copies = [e for e in by_shape if e.key == "aten::copy_"]
     lines += ["", "| copy_ of shape | ms / step | calls / step |", "| --- | --- | --- |"]
     for e in sorted(copies, key=lambda e: -e.self_cpu_time_total)[:6]:
-        shape = "x".join(map(str, e.input_shapes[0])) if e.input_shapes and e.input_shapes[0] else "scalar"
-        lines.append(f"| {shape} | {e.self_cpu_time_total / 1e3 / steps:.3f} | {e.count / steps:g} |")
+        lines.append(f"| {shape(e, 0)} | {e.self_cpu_time_total / 1e3 / steps:.3f} | {e.count / steps:g} |")
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from variants.catalog import DEFAULT_GAUSSIAN_VARIANCE
@@ -18,49 +19,6 @@ from variants.catalog import DEFAULT_GAUSSIAN_VARIANCE
 # name -> factory(variance, learn): the decoders a variant can name (variants.catalog.LIKELIHOOD_NAMES, in order).
 # Plugins add theirs (variants.plugins).
 LIKELIHOODS: dict[str, Callable[[float, bool], nn.Module]] = {}
-
-
-
-def _bernoulli_log_prob_value(x: Tensor, logits: Tensor) -> Tensor:
-    """sum_d x_d l_d - softplus(l_d), the negated BCE-with-logits, without its per-pixel log1p (not
-    vectorised on CPU: it was 14% of a training step, ~10x the cost of this).
-
-    softplus(l) = max(l, 0) - log sigmoid(|l|) = (l + |l|) / 2 - log sigmoid(|l|), and sigmoid(|l|) lies
-    in [1/2, 1], so products of 16 of them stay far from float32's underflow: one log per 16 pixels.
-    Error: ~16 float32 ulps per log, a few 1e-5 nats per image, below the rounding of the 784-term sums.
-    """
-    a = logits.abs()
-    linear = (x * logits).sum(-1) - 0.5 * (logits.sum(-1) + a.sum(-1))
-    s = a.sigmoid_()
-    for _ in range(4):  # pairwise products: 784 -> 392 -> 196 -> 98 -> 49 factors
-        if s.shape[-1] % 2:
-            break
-        half = s.shape[-1] // 2
-        s = s[..., :half] * s[..., half:]
-    return linear + s.log_().sum(-1)
-
-
-class _BernoulliLogProb(torch.autograd.Function):
-    """log p(x|l) summed over pixels; d/dl = x - sigmoid(l), d/dx = l (exact, not through the product trick).
-    Written with setup_context and a generated vmap rule so that torch.func (grad, vmap) can take it."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: Tensor, logits: Tensor) -> Tensor:
-        return _bernoulli_log_prob_value(x, logits)
-
-    @staticmethod
-    def setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
-        ctx.save_for_backward(*inputs)
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        x, logits = ctx.saved_tensors
-        g = grad.unsqueeze(-1)
-        grad_x = (logits * g).sum_to_size(x.shape) if ctx.needs_input_grad[0] else None
-        grad_logits = ((x - torch.sigmoid(logits)) * g).sum_to_size(logits.shape) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_logits
 
 
 class Bernoulli(nn.Module):
@@ -75,8 +33,13 @@ class Bernoulli(nn.Module):
         return torch.sigmoid(logits)
 
     def log_prob(self, x: Tensor, logits: Tensor) -> Tensor:
-        """x: [..., D] in [0, 1], broadcast against logits [..., D] -> [...]."""
-        return _BernoulliLogProb.apply(x, logits)
+        """x: [..., D] in [0, 1], broadcast against logits [..., D] -> [...].
+
+        PyTorch's BCE with logits, finite for any logit. It replaced (2026-12-07) a custom autograd Function that
+        took one log per 16 pixels: its 15 small ops cost more than the logs they saved, 0.15 ms of a 3 ms step
+        (benchmarks/likelihood_speed.py).
+        """
+        return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
 
 
 class Gaussian(nn.Module):

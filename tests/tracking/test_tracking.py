@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -397,3 +398,34 @@ def test_runs_started_at_once_all_log_the_same_dataset(store: MlflowClient) -> N
         for t in trackers:
             (ds,) = store.get_run(t.run_id).inputs.dataset_inputs
             assert ds.dataset.digest == "d1g3st"
+
+
+def test_a_tracker_resolves_its_artifact_folder_once_and_writes_into_its_own_store(tmp_path: Path) -> None:
+    """An epoch logs three artifacts; MlflowClient.log_artifact would look the run up for each (MLflow's run-id
+    cache is off, bench.tracking.artifacts), so the tracker keeps its run's repository. Two stores holding the
+    same run id (a copied store) still get their own artifacts."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    client_a = open_store(f"sqlite:///{a / 'mlflow.db'}")
+    tracker_a = MlflowTracker.start(client_a, "e", "r", {"seed": 1})
+    tracker_a.log_artifact(Path(__file__), "code")
+    shutil.copytree(a, b)
+    lookups = []
+    service = client_a._tracking_client  # where MlflowClient.log_artifact looks the run up
+    get_run = service.get_run
+    service.get_run = lambda run_id: lookups.append(run_id) or get_run(run_id)  # counts, then the real call
+    for k in range(3):
+        note = tmp_path / f"note_{k}.txt"
+        note.write_text(str(k))
+        tracker_a.log_artifact(note, "notes")
+    tracker_a.save_checkpoint({"epoch": 1})
+    assert lookups == []  # resolved on the first call, before the copy
+    tracker_b = MlflowTracker(open_store(f"sqlite:///{b / 'mlflow.db'}"), tracker_a.run_id)
+    (tmp_path / "note_b.txt").write_text("b")
+    tracker_b.log_artifact(tmp_path / "note_b.txt", "notes")
+    run_a = local_path(client_a.get_run(tracker_a.run_id).info.artifact_uri, client_a.tracking_uri)
+    run_b = local_path(tracker_b.client.get_run(tracker_a.run_id).info.artifact_uri, tracker_b.client.tracking_uri)
+    assert run_a.is_relative_to(a) and run_b.is_relative_to(b)
+    assert sorted(p.name for p in (run_a / "notes").iterdir()) == ["note_0.txt", "note_1.txt", "note_2.txt"]
+    assert sorted(p.name for p in (run_b / "notes").iterdir()) == ["note_b.txt"]
+    assert (run_a / CHECKPOINT).is_file() and not (run_b / CHECKPOINT).exists()

@@ -161,8 +161,8 @@ def test_bernoulli_log_prob_is_the_seeds_negative_bce_on_grey_levels() -> None:
 
 
 def test_bernoulli_log_prob_gradients_are_those_of_bce_with_logits() -> None:
-    """The hand-written backward (x - sigmoid(l) for the logits, l for x) against autograd through
-    PyTorch's BCE-with-logits, with x broadcast against L samples of logits as the estimators use it."""
+    """x - sigmoid(l) for the logits and l for x: against autograd through PyTorch's BCE-with-logits, with x
+    broadcast against L samples of logits as the estimators use it."""
     g = gen(6)
     logits = (torch.randn(3, 5, 784, generator=g, dtype=torch.float64) * 8).requires_grad_()
     x = torch.rand(5, 784, generator=g, dtype=torch.float64).requires_grad_()
