@@ -36,10 +36,11 @@ class Bernoulli(nn.Module):
         """x: [..., D] in [0, 1], broadcast against logits [..., D] -> [...].
 
         PyTorch's BCE with logits, finite for any logit. It replaced (2026-12-07) a custom autograd Function that
-        took one log per 16 pixels: its 15 small ops cost more than the logs they saved, 0.15 ms of a 3 ms step
+        took one log per 16 pixels: its 15 small ops cost more than the logs they saved, 0.16 ms of a 3 ms step
         (benchmarks/likelihood_speed.py).
         """
-        return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+        x, logits = torch.broadcast_tensors(x, logits)  # BCE wants equal shapes; either side may have sample dims
+        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
 
 
 class Gaussian(nn.Module):

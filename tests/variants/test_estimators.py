@@ -176,6 +176,16 @@ def test_bernoulli_log_prob_gradients_are_those_of_bce_with_logits() -> None:
     assert torch.autograd.gradcheck(Bernoulli().log_prob, (torch.rand(2, 6, dtype=torch.float64), small))
 
 
+def test_bernoulli_log_prob_broadcasts_either_way() -> None:
+    """Samples of logits against one x (the estimators), or samples of x against one set of logits (a user's
+    variant): each row is the log-likelihood of that pair."""
+    g = gen(7)
+    logits, x = torch.randn(3, 5, 784, generator=g), torch.rand(3, 5, 784, generator=g)
+    lik = Bernoulli()
+    torch.testing.assert_close(lik.log_prob(x[0], logits), torch.stack([lik.log_prob(x[0], lo) for lo in logits]))
+    torch.testing.assert_close(lik.log_prob(x, logits[0]), torch.stack([lik.log_prob(xi, logits[0]) for xi in x]))
+
+
 # ---------------------------------------------------------------- estimators
 
 
