@@ -17,9 +17,10 @@ each form in turn, interleaved rounds in one process. It prints per-round paired
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -30,14 +31,11 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's bench, installed or not
 
 from bench.core.allocator import keep_freed_memory  # noqa: E402
-from bench.core.config import TrainConfig  # noqa: E402
 from bench.core.data import load_mnist  # noqa: E402
-from bench.training.loop import build  # noqa: E402
-from variants import get_variant  # noqa: E402
 from variants.likelihoods import Bernoulli  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_budget import interleaved_ms  # noqa: E402
+from step_budget import interleaved_ms, step_contender  # noqa: E402
 
 BATCH = 128
 
@@ -96,29 +94,22 @@ def alone(steps: int, rounds: int) -> list[list[str]]:
     return rows
 
 
+@contextlib.contextmanager
+def log_prob_as(form: Callable[[Tensor, Tensor], Tensor]) -> Iterator[None]:
+    """Bernoulli.log_prob computed by ``form`` inside the block, and restored after it whatever happens."""
+    original = Bernoulli.log_prob
+    Bernoulli.log_prob = lambda self, x, lo: form(x, lo)
+    try:
+        yield
+    finally:
+        Bernoulli.log_prob = original
+
+
 def in_step(steps: int, rounds: int) -> list[list[str]]:
     train_x = load_mnist().train_x
-    variant = get_variant("sgvb_b")
-    perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(1))
-    original = Bernoulli.log_prob
 
     def contender(form: Callable[[Tensor, Tensor], Tensor]) -> Callable[[int], None]:
-        model, opt = build(variant, TrainConfig(seed=1))
-        gen = torch.Generator().manual_seed(1)
-
-        def step(i: int) -> None:
-            j = (i * BATCH) % (len(train_x) - BATCH)
-            xb = train_x.index_select(0, perm[j:j + BATCH])
-            Bernoulli.log_prob = lambda self, x, lo: form(x, lo)
-            try:
-                terms = variant.estimate(model, xb, gen)
-            finally:
-                Bernoulli.log_prob = original
-            opt.zero_grad(set_to_none=True)
-            terms.objective.sum().backward()
-            opt.step()
-
-        return step
+        return step_contender("fp32", train_x, within=lambda: log_prob_as(form))
 
     contenders = {name: contender(form) for name, form in FORMS.items()}
     times = interleaved_ms(contenders, steps, rounds)

@@ -15,7 +15,7 @@ Shares are what to quote on a shared machine; the absolute ms move with its load
 from __future__ import annotations
 
 import argparse
-import contextlib
+import itertools
 import resource
 import sys
 import time
@@ -29,12 +29,11 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.core.allocator import keep_freed_memory  # noqa: E402
-from bench.core.config import TrainConfig  # noqa: E402
 from bench.core.data import load_mnist  # noqa: E402
-from bench.training.loop import build  # noqa: E402
-from variants import get_variant  # noqa: E402
 
-BATCH = 128
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_budget import step_contender  # noqa: E402
+
 GEMM = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::_addmm_activation")
 CASTS = ("aten::to", "aten::_to_copy", "aten::copy_", "aten::empty_strided", "aten::clone", "aten::contiguous")
 
@@ -56,26 +55,10 @@ def category(name: str) -> str:
     return "autograd bookkeeping"
 
 
-def step_fn(precision: str) -> tuple[Callable[[], None], torch.Tensor]:
-    variant = get_variant("sgvb_b")
-    model, opt = build(variant, TrainConfig(seed=1))  # the harness's model and optimiser (bench.training.adam)
-    train_x = load_mnist().train_x
-    perm = torch.randperm(len(train_x))
-    gen = torch.Generator().manual_seed(1)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-    state = {"i": 0}
-
-    def step() -> None:
-        i = state["i"] % (len(train_x) - BATCH)
-        state["i"] += BATCH
-        xb = train_x.index_select(0, perm[i:i + BATCH])
-        with autocast:
-            terms = variant.estimate(model, xb, gen)
-        opt.zero_grad(set_to_none=True)
-        terms.objective.sum().backward()
-        opt.step()
-
-    return step, train_x
+def step_fn(precision: str) -> Callable[[], None]:
+    """The harness's step as step_budget.py times it (its model, FusedAdam, sgvb_b), on successive batches."""
+    step, steps = step_contender(precision, load_mnist().train_x), itertools.count()
+    return lambda: step(next(steps))
 
 
 def minor_faults() -> int:
@@ -92,12 +75,12 @@ def wall_ms(step: Callable[[], None], steps: int) -> tuple[float, float]:
 
 
 def profile_table(precision: str, steps: int, top: int) -> str:
-    step, _ = step_fn(precision)
+    step = step_fn(precision)
     for _ in range(20):
         step()
     wall, faults = wall_ms(step, steps)
-    # The profiler's own allocations can return the step's big buffers to the kernel, so that a profiled step
-    # faults its 1.25 MB weight-sized tensors back in; the faults per step say when a profile is inflated so.
+    # A profiled step faults fresh pages in where an unprofiled one reuses its freed buffers (most likely the
+    # profiler's event store takes that heap space); the faults per step say how inflated a profile is.
     f0 = minor_faults()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(steps):

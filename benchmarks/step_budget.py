@@ -53,9 +53,13 @@ def autocast(precision: str) -> contextlib.AbstractContextManager:
     return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 
 
-def step_contender(precision: str, train_x: torch.Tensor, freeze_fc1: bool = False) -> Callable[[int], None]:
-    """The harness's step (bench.training.loop.train's inner loop, without its bar and running sums). With
-    ``freeze_fc1``, fc1's weight takes no gradient: the step loses that product and that weight's Adam update."""
+def step_contender(precision: str, train_x: torch.Tensor, freeze_fc1: bool = False,
+                   within: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                   ) -> Callable[[int], None]:
+    """The harness's step (bench.training.loop.train's inner loop, without its bar and running sums), called with
+    the step's index. With ``freeze_fc1``, fc1's weight takes no gradient: the step loses that product and that
+    weight's Adam update. The estimator runs inside ``within()`` (likelihood_speed.py swaps the likelihood there);
+    profile_step.py and likelihood_speed.py time this same step."""
     model, opt = build(VARIANT, TrainConfig(seed=1))
     model.fc1.weight.requires_grad_(not freeze_fc1)
     perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(1))
@@ -64,7 +68,7 @@ def step_contender(precision: str, train_x: torch.Tensor, freeze_fc1: bool = Fal
     def step(i: int) -> None:
         j = (i * BATCH) % (len(train_x) - BATCH)
         xb = train_x.index_select(0, perm[j:j + BATCH])
-        with autocast(precision):
+        with autocast(precision), within():
             terms = VARIANT.estimate(model, xb, gen)
         opt.zero_grad(set_to_none=True)
         terms.objective.sum().backward()
