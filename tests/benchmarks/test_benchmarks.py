@@ -48,6 +48,7 @@ def test_hand_written_step_trains_like_autograd() -> None:
 def test_goals_table_says_a_goal_below_the_floor_is_out_of_reach() -> None:
     med = {speed.FLOOR_FP32: 1.0, speed.FLOOR_BF16: 0.3, speed.ADAM: 0.1, speed.TEST_PASS: 0.1,
            speed.CLASSIC: 3.6, speed.PYTHAE: 4.0, speed.TRACKED["fp32"]: 1.25, speed.TRACKED["bf16"]: 0.5}
+    assert speed.least_possible(med) == pytest.approx({"fp32": 1.2, "bf16": 0.5})
     rows = {row[0]: row[1:] for row in speed.goals_table(med)}
     # needs, least possible, reachable, vae-bench, vae-bench / least possible, met
     assert rows["4x the seed's loop, fp32"] == ["0.90", "1.20", "no", "1.25", "1.04x", "no"]
