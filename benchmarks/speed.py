@@ -98,8 +98,10 @@ def seed_loss(recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: to
     return bce - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
 
 
-def classic_contender(root: Path, out: Path) -> Callable[[], float]:
-    """One epoch of the seed's loop per call; returns its seconds (train + test + images)."""
+def classic_contender(root: Path, out: Path, seed: int = 1,
+                      losses: list[dict[str, float]] | None = None) -> Callable[[], float]:
+    """One epoch of the seed's loop per call; returns its seconds (train + test + images). With ``losses``, each
+    epoch's average train and test loss (nats per image, as the seed prints them) is appended to it."""
     from torchvision import datasets, transforms
     from torchvision.utils import save_image
 
@@ -114,7 +116,7 @@ def classic_contender(root: Path, out: Path) -> Callable[[], float]:
     test_loader = torch.utils.data.DataLoader(
         datasets.MNIST(str(root), train=False, download=False, transform=transforms.ToTensor()),
         batch_size=BATCH, shuffle=False)
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     model = SeedVAE()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     epoch = [0]
@@ -123,22 +125,28 @@ def classic_contender(root: Path, out: Path) -> Callable[[], float]:
         epoch[0] += 1
         t0 = time.perf_counter()
         model.train()
+        train_loss = test_loss = 0.0
         for data, _ in train_loader:
             opt.zero_grad()
             recon, mu, logvar = model(data)
             loss = seed_loss(recon, data, mu, logvar)
             loss.backward()
+            train_loss += loss.item()  # as the seed's loop does, every batch
             opt.step()
         model.eval()
         with torch.no_grad():
             for i, (data, _) in enumerate(test_loader):
                 recon, mu, logvar = model(data)
-                seed_loss(recon, data, mu, logvar).item()
+                test_loss += seed_loss(recon, data, mu, logvar).item()
                 if i == 0:
                     save_image(torch.cat([data[:8], recon.view(-1, 1, 28, 28)[:8]]), out / f"r{epoch[0]}.png")
             sample = torch.sigmoid(model.fc4(F.relu(model.fc3(torch.randn(64, 20)))))
             save_image(sample.view(64, 1, 28, 28), out / f"s{epoch[0]}.png")
-        return time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        if losses is not None:
+            losses.append({"train_loss": train_loss / len(train_loader.dataset),
+                           "test_loss": test_loss / len(test_loader.dataset)})
+        return seconds
 
     return run
 
