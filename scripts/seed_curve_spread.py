@@ -1,5 +1,5 @@
 """How far the seed's curve spreads over seeds and float orders on this machine, for the harness and for the seed's
-own loop: the yardstick for check_seed_curve.py's bands (ANCHORS.md, recorded from a few runs of pytorch/examples).
+own loop: the yardstick for check_seed_curve.py's bands (ANCHORS.md: "recorded elsewhere" for pytorch/examples).
 
     python scripts/seed_curve_spread.py --seeds 1-10 --reference-seeds 1-10       # about 14 minutes
     python scripts/seed_curve_spread.py --seeds 1-6 --reference-seeds 1-3 --threads 2,1 --precision fp32,bf16
@@ -164,6 +164,8 @@ def main() -> int:
     args = ap.parse_args()
     if bad := [p for p in args.precision if p not in PRECISIONS]:
         ap.error(f"--precision: {', '.join(bad)} is not one of {', '.join(PRECISIONS)}")
+    if not args.threads or min(args.threads) < 1:
+        ap.error("--threads: give one or more counts of at least 1, e.g. 2 or 2,1")
     data = load_mnist() if args.seeds else None
     runs: list[Run] = []
     for threads in args.threads:
