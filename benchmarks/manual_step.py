@@ -16,7 +16,12 @@ times one epoch of:
   speed.py's "least possible" line of each precision (issue 21's goals are ratios to it);
 - the hand-written step, fp32 and bf16 (products in bf16, the loss and Adam in fp32, as autocast does),
   followed by the harness's own test pass (bench.evaluation.test_elbo.evaluate_test, as every contender runs one);
-- the harness, untracked (bench.training.loop.train: training, test pass, image grids).
+- the harness, untracked (bench.training.loop.train: training, test pass, image grids);
+- with --compiled python|cpp, the hand-written step compiled by torch.compile (inductor fuses its elementwise work
+  into generated C++ loops; "cpp" also calls the kernels from generated C++): about the nearest PyTorch itself
+  comes to a fused native step. Its compile time is printed and counted as a 10-epoch run would spread it.
+
+    TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) python benchmarks/manual_step.py --compiled cpp   # a cold compile
 """
 
 from __future__ import annotations
@@ -128,9 +133,21 @@ class HandWrittenStep:
                 p.copy_(w)
 
 
-def check_gradients(x: Tensor) -> dict[str, float]:
+WRAPPERS = ("python", "cpp")  # how inductor calls its kernels: from Python, or from generated C++ (cpp_wrapper)
+
+
+def step_function(step: HandWrittenStep, compiled: str | None) -> Callable[[Tensor, Tensor], Tensor]:
+    """step.backward, or (``compiled`` "python" / "cpp") the same compiled by torch.compile with static shapes:
+    inductor fuses the elementwise work into generated C++ loops and calls the GEMMs as library kernels. There is
+    no autograd graph to compile, so this is about the nearest PyTorch itself comes to a fused native step."""
+    if compiled is None:
+        return step.backward
+    return torch.compile(step.backward, dynamic=False, options={"cpp_wrapper": compiled == "cpp"})
+
+
+def check_gradients(x: Tensor, compiled: str | None = None) -> dict[str, float]:
     """The largest over parameters of max |hand-written - autograd| / max |autograd| on one batch, for fp32 and
-    for bf16 (against autocast)."""
+    for bf16 (against autocast); with ``compiled``, of the compiled hand-written step."""
     worst = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         model, _ = build(get_variant("sgvb_b"), TrainConfig())
@@ -140,16 +157,17 @@ def check_gradients(x: Tensor) -> dict[str, float]:
         with autocast:
             get_variant("sgvb_b").estimate(model, x, gen).objective.sum().backward()
         eps = torch.randn((len(x), model.latent), generator=torch.Generator().manual_seed(7))
-        step.backward(x, eps)
+        step_function(step, compiled)(x, eps)
         auto = [p.grad for p in layer_parameters(model)]
         errors = [float((g - a).abs().max() / a.abs().max()) for g, a in zip(step.grads, auto, strict=True)]
         worst[name] = max(errors)
     return worst
 
 
-def hand_written_contender(dtype: torch.dtype) -> Callable[[], float]:
+def hand_written_contender(dtype: torch.dtype, compiled: str | None = None) -> Callable[[], float]:
     """The first epoch of a fresh model per call (as the harness contender and speed.py time: a model trained on
-    for epochs would meet Adam's subnormals, bench.training.adam), then the harness's test pass."""
+    for epochs would meet Adam's subnormals, bench.training.adam), then the harness's test pass. Compiled, the
+    first call compiles (for the full batches and for the last, shorter one); later calls reuse those graphs."""
     data = load_mnist()
     train_x, test_x = data.train_x, data.test_x
     epoch = [0]
@@ -158,13 +176,14 @@ def hand_written_contender(dtype: torch.dtype) -> Callable[[], float]:
         epoch[0] += 1
         model, _ = build(get_variant("sgvb_b"), TrainConfig())
         step = HandWrittenStep(model, dtype)
+        backward = step_function(step, compiled)
         gen = torch.Generator().manual_seed(epoch[0])
         t0 = time.perf_counter()
         perm = torch.randperm(len(train_x), generator=gen)
         sums = torch.zeros(2)
         for i in range(0, len(train_x), BATCH):
             x = train_x.index_select(0, perm[i:i + BATCH])
-            sums += step.backward(x, torch.randn((len(x), step.latent), generator=gen))
+            sums += backward(x, torch.randn((len(x), step.latent), generator=gen))
             step.opt.step()
         step.load_into(model)  # the test pass runs on the harness's model, with the trained weights
         evaluate_test(model, test_x)
@@ -188,11 +207,18 @@ def harness_contender(precision: str) -> Callable[[], float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each contender runs one epoch a round")
+    ap.add_argument("--compiled", choices=WRAPPERS, default=None,
+                    help="also time the hand-written step compiled by torch.compile (inductor), its kernels called "
+                         "from Python or from generated C++")
     args = ap.parse_args()
     quiet_libraries()
-    errors = check_gradients(load_mnist().train_x[:BATCH])
-    print(tabulate([[k, f"{v:.1e}"] for k, v in errors.items()],
-                   headers=["hand-written vs autograd", "max relative gradient error"]), "\n")
+    x = load_mnist().train_x[:BATCH]
+    errors = {k: f"{v:.1e}" for k, v in check_gradients(x).items()}
+    if args.compiled:  # on 16 images: the batch-128 graphs are compiled (and timed) in the warm-up epoch below
+        errors = {k: f"{v} (compiled: {c:.1e})" for (k, v), c in zip(errors.items(),
+                                                                     check_gradients(x[:16], args.compiled).values(),
+                                                                     strict=True)}
+    print(tabulate(errors.items(), headers=["hand-written vs autograd", "max relative gradient error"]), "\n")
     contenders = {  # name: (precision, one epoch per call)
         FLOOR_FP32: ("fp32", gemm_floor_contender()),
         FLOOR_BF16: ("bf16", gemm_floor_contender(torch.bfloat16)),
@@ -203,9 +229,12 @@ def main() -> None:
         "harness fp32, untracked": ("fp32", harness_contender("fp32")),
         "harness bf16, untracked": ("bf16", harness_contender("bf16")),
     }
+    if args.compiled:
+        for p, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            contenders[f"hand-written {p}, compiled ({args.compiled} wrapper) + test pass"] = (
+                p, hand_written_contender(dtype, args.compiled))
     times: dict[str, list[float]] = {k: [] for k in contenders}
-    for _, run in contenders.values():
-        run()  # warm-up
+    warm_up = {name: run() for name, (_, run) in contenders.items()}  # a compiled contender compiles here
     for r in range(args.rounds):
         for name, (_, run) in contenders.items():
             times[name].append(run())
@@ -221,6 +250,13 @@ def main() -> None:
     print()
     print(tabulate(rows, headers=["contender", "s/epoch (median)", "vs GEMM floor of its precision",
                                   "vs least possible of its precision"]))
+    for name in (n for n in contenders if "compiled" in n):
+        compile_s, p = warm_up[name] - med[name], contenders[name][0]
+        with_compile = med[name] + compile_s / 10
+        print(f"{name}: compiling took {compile_s:.1f} s (its first epoch minus the median); counted in a 10-epoch "
+              f"run, {with_compile:.2f} s/epoch, {with_compile / least[p]:.2f}x its least possible")
+    if args.compiled:  # fewer than 6 (2 precisions x 3 batch shapes) would mean a fallback to eager
+        print(f"graphs compiled: {torch._dynamo.utils.counters['stats']['unique_graphs']}")
 
 
 if __name__ == "__main__":
