@@ -19,7 +19,8 @@ times one epoch of:
 - the harness, untracked (bench.training.loop.train: training, test pass, image grids);
 - with --compiled python|cpp, the hand-written step compiled by torch.compile (inductor fuses its elementwise work
   into generated C++ loops; "cpp" also calls the kernels from generated C++): about the nearest PyTorch itself
-  comes to a fused native step. Its compile time is printed and counted as a 10-epoch run would spread it.
+  comes to a fused native step; and the whole step compiled, the batch gather and Adam inside (WholeStep). Their
+  compile time is printed and counted as a 10-epoch run would spread it.
 
     TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) python benchmarks/manual_step.py --compiled cpp   # a cold compile
 """
@@ -145,6 +146,33 @@ def step_function(step: HandWrittenStep, compiled: str | None) -> Callable[[Tens
     return torch.compile(step.backward, dynamic=False, options={"cpp_wrapper": compiled == "cpp"})
 
 
+class WholeStep:
+    """A whole training step as one function: the batch gathered from the training images, the hand-written step,
+    and Adam on the flat parameters (bias-corrected as torch.optim.Adam, no subnormal flush: a first epoch meets
+    none), so that compiled, only the call itself runs eagerly. The epoch's permutation and noise are drawn
+    beforehand, since a torch.Generator cannot enter a compiled graph."""
+
+    BETAS, LR, EPS = (0.9, 0.999), 1e-3, 1e-8
+
+    def __init__(self, model: VAE, dtype: torch.dtype, train_x: Tensor, compiled: str | None) -> None:
+        self.hand = HandWrittenStep(model, dtype)
+        # the weights' own base tensor: inductor cannot mix views of it with a second alias of the same storage
+        self.p, self.g = self.hand.weights[0]._base, self.hand.grads[0]._base
+        self.m, self.v = torch.zeros_like(self.p), torch.zeros_like(self.p)
+        self.train_x = train_x
+        self.step = self._step if compiled is None else torch.compile(
+            self._step, dynamic=False, options={"cpp_wrapper": compiled == "cpp"})
+
+    def _step(self, idx: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        sums = self.hand.backward(self.train_x.index_select(0, idx), eps)
+        (b1, b2), g = self.BETAS, self.g
+        self.m.mul_(b1).add_(g, alpha=1 - b1)
+        self.v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        # p -= lr * m_hat / (sqrt(v_hat) + eps), m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t)
+        self.p.addcdiv_(self.m / (1 - b1**t), (self.v / (1 - b2**t)).sqrt_().add_(self.EPS), value=-self.LR)
+        return sums
+
+
 def check_gradients(x: Tensor, compiled: str | None = None) -> dict[str, float]:
     """The largest over parameters of max |hand-written - autograd| / max |autograd| on one batch, for fp32 and
     for bf16 (against autocast); with ``compiled``, of the compiled hand-written step."""
@@ -192,6 +220,31 @@ def hand_written_contender(dtype: torch.dtype, compiled: str | None = None) -> C
     return run
 
 
+def whole_step_contender(dtype: torch.dtype, compiled: str) -> Callable[[], float]:
+    """As hand_written_contender, with the batch gather and Adam inside the compiled function (WholeStep)."""
+    data = load_mnist()
+    train_x, test_x = data.train_x, data.test_x
+    epoch = [0]
+
+    def run() -> float:
+        epoch[0] += 1
+        model, _ = build(get_variant("sgvb_b"), TrainConfig())
+        whole = WholeStep(model, dtype, train_x, compiled)
+        gen = torch.Generator().manual_seed(epoch[0])
+        t0 = time.perf_counter()
+        perm = torch.randperm(len(train_x), generator=gen)
+        noise = torch.randn((len(train_x), model.latent), generator=gen)
+        sums, t = torch.zeros(2), torch.zeros(())
+        for i in range(0, len(train_x), BATCH):
+            t += 1  # a tensor, so that the step count is not baked into the graph
+            sums += whole.step(perm[i:i + BATCH], noise[i:i + BATCH], t)
+        whole.hand.load_into(model)
+        evaluate_test(model, test_x)
+        return time.perf_counter() - t0
+
+    return run
+
+
 def harness_contender(precision: str) -> Callable[[], float]:
     data, variant = load_mnist(), get_variant("sgvb_b")
     cfg = TrainConfig(epochs=1, precision=precision)
@@ -233,6 +286,8 @@ def main() -> None:
         for p, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             contenders[f"hand-written {p}, compiled ({args.compiled} wrapper) + test pass"] = (
                 p, hand_written_contender(dtype, args.compiled))
+            contenders[f"whole step {p} (gather + Adam), compiled ({args.compiled} wrapper) + test pass"] = (
+                p, whole_step_contender(dtype, args.compiled))
     times: dict[str, list[float]] = {k: [] for k in contenders}
     warm_up = {name: run() for name, (_, run) in contenders.items()}  # a compiled contender compiles here
     for r in range(args.rounds):
@@ -243,7 +298,7 @@ def main() -> None:
     least = least_possible(med)
     floor = {"fp32": med[FLOOR_FP32], "bf16": med[FLOOR_BF16]}
     rows = [[name, f"{m:.2f}", f"{m / floor[precision]:.2f}x",
-             f"{m / least[precision]:.2f}x" if name.startswith(("hand", "harness")) else ""]
+             f"{m / least[precision]:.2f}x" if name.startswith(("hand", "whole", "harness")) else ""]
             for name, m in med.items() for precision in [contenders[name][0]]]
     rows += [[f"least possible {p}", f"{least[p]:.2f}", f"{least[p] / floor[p]:.2f}x", "1.00x"]
              for p in least]
@@ -255,7 +310,7 @@ def main() -> None:
         with_compile = med[name] + compile_s / 10
         print(f"{name}: compiling took {compile_s:.1f} s (its first epoch minus the median); counted in a 10-epoch "
               f"run, {with_compile:.2f} s/epoch, {with_compile / least[p]:.2f}x its least possible")
-    if args.compiled:  # fewer than 6 (2 precisions x 3 batch shapes) would mean a fallback to eager
+    if args.compiled:  # fewer than 10 (2 precisions x 3 + 2 batch shapes) would mean a fallback to eager
         print(f"graphs compiled: {torch._dynamo.utils.counters['stats']['unique_graphs']}")
 
 
