@@ -156,7 +156,7 @@ class WholeStep:
 
     def __init__(self, model: VAE, dtype: torch.dtype, train_x: Tensor, compiled: str | None) -> None:
         self.hand = HandWrittenStep(model, dtype)
-        # the weights' own base tensor: inductor cannot mix views of it with a second alias of the same storage
+        # the weights' own base tensor: aot_autograd cannot mix views of it with a second alias of the same storage
         self.p, self.g = self.hand.weights[0]._base, self.hand.grads[0]._base
         self.m, self.v = torch.zeros_like(self.p), torch.zeros_like(self.p)
         self.train_x = train_x
@@ -261,8 +261,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each contender runs one epoch a round")
     ap.add_argument("--compiled", choices=WRAPPERS, default=None,
-                    help="also time the hand-written step compiled by torch.compile (inductor), its kernels called "
-                         "from Python or from generated C++")
+                    help="also time the hand-written step and the whole step (gather + Adam) compiled by "
+                         "torch.compile (inductor), their kernels called from Python or from generated C++")
     args = ap.parse_args()
     quiet_libraries()
     x = load_mnist().train_x[:BATCH]
