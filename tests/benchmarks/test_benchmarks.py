@@ -64,8 +64,10 @@ def test_the_whole_step_compiled_trains_like_torch_adam_on_the_harness_model() -
         (bce - 0.5 * (1 + logvar - mu**2 - logvar.exp()).sum()).backward()
         opt.step()
     assert counters["stats"]["unique_graphs"] > graphs  # it was compiled, not run eagerly
+    # atol lr / 100: Adam divides by |g|, so where a gradient is tiny the fused kernels' last-bit differences reach
+    # the update (at most 1.5e-6 in 60 tries); a wrong Adam formula moves weights by about lr or more
     for got, want in zip(whole.hand.weights, ref, strict=True):
-        torch.testing.assert_close(got, want.detach(), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got, want.detach(), rtol=1e-4, atol=1e-5)
 
 
 def test_hand_written_step_trains_like_autograd() -> None:

@@ -69,9 +69,10 @@ def test_the_paired_table_subtracts_each_seeds_own_base_run() -> None:
 
 
 def test_the_seed_loop_lands_on_pytorch_examples_first_epoch_at_seed_1() -> None:
-    """One epoch of the seed's own code, as the spread script runs it: within 0.1 nats of the figures pytorch/examples
-    gave at seed 1 on this kind of machine (ANCHORS.md). Another seed or a changed draw order moves epoch 1 by about
-    0.7 nats (sd over seeds), float order by about 0.02."""
+    """One epoch of the seed's own code, as the spread script runs it: within 0.2 nats of the figures pytorch/examples
+    gave at seed 1 on this kind of machine (ANCHORS.md). Another CPU's float order moved them by 0.004 and 0.024;
+    another seed or a changed draw order moves each by about 1 nat (sd of a difference of two seeds), so both land
+    within 0.2 by chance about 2% of the time."""
     (loss,) = spread.reference_curve(1, epochs=1)
-    assert loss["train_loss"] == pytest.approx(float(SEED_POINTS[("train_loss", 1)][2]), abs=0.1)
-    assert loss["test_loss"] == pytest.approx(float(SEED_POINTS[("test_loss", 1)][2]), abs=0.1)
+    assert loss["train_loss"] == pytest.approx(float(SEED_POINTS[("train_loss", 1)][2]), abs=0.2)
+    assert loss["test_loss"] == pytest.approx(float(SEED_POINTS[("test_loss", 1)][2]), abs=0.2)
