@@ -192,57 +192,67 @@ def check_gradients(x: Tensor, compiled: str | None = None) -> dict[str, float]:
     return worst
 
 
-def hand_written_contender(dtype: torch.dtype, compiled: str | None = None) -> Callable[[], float]:
+Epoch = Callable[[torch.Generator], HandWrittenStep]  # trains one epoch; returns the step holding the weights
+
+
+def first_epoch_contender(prepare: Callable[[VAE, Tensor], Epoch]) -> Callable[[], float]:
     """The first epoch of a fresh model per call (as the harness contender and speed.py time: a model trained on
-    for epochs would meet Adam's subnormals, bench.training.adam), then the harness's test pass. Compiled, the
-    first call compiles (for the full batches and for the last, shorter one); later calls reuse those graphs."""
+    for epochs would meet Adam's subnormals, bench.training.adam), then the harness's test pass. ``prepare(model,
+    train_x)`` builds the step outside the clock and returns the epoch to time."""
     data = load_mnist()
-    train_x, test_x = data.train_x, data.test_x
     epoch = [0]
 
     def run() -> float:
         epoch[0] += 1
         model, _ = build(get_variant("sgvb_b"), TrainConfig())
-        step = HandWrittenStep(model, dtype)
-        backward = step_function(step, compiled)
+        train_epoch = prepare(model, data.train_x)
         gen = torch.Generator().manual_seed(epoch[0])
         t0 = time.perf_counter()
-        perm = torch.randperm(len(train_x), generator=gen)
-        sums = torch.zeros(2)
-        for i in range(0, len(train_x), BATCH):
-            x = train_x.index_select(0, perm[i:i + BATCH])
-            sums += backward(x, torch.randn((len(x), step.latent), generator=gen))
-            step.opt.step()
-        step.load_into(model)  # the test pass runs on the harness's model, with the trained weights
-        evaluate_test(model, test_x)
+        train_epoch(gen).load_into(model)  # the test pass runs on the harness's model, with the trained weights
+        evaluate_test(model, data.test_x)
         return time.perf_counter() - t0
 
     return run
+
+
+def hand_written_contender(dtype: torch.dtype, compiled: str | None = None) -> Callable[[], float]:
+    """The hand-written step, Adam eager. Compiled, the first call compiles (for the full batches and for the last,
+    shorter one); later calls reuse those graphs."""
+    def prepare(model: VAE, train_x: Tensor) -> Epoch:
+        step = HandWrittenStep(model, dtype)
+        backward = step_function(step, compiled)
+
+        def train_epoch(gen: torch.Generator) -> HandWrittenStep:
+            perm = torch.randperm(len(train_x), generator=gen)
+            sums = torch.zeros(2)
+            for i in range(0, len(train_x), BATCH):
+                x = train_x.index_select(0, perm[i:i + BATCH])
+                sums += backward(x, torch.randn((len(x), step.latent), generator=gen))
+                step.opt.step()
+            return step
+
+        return train_epoch
+
+    return first_epoch_contender(prepare)
 
 
 def whole_step_contender(dtype: torch.dtype, compiled: str) -> Callable[[], float]:
-    """As hand_written_contender, with the batch gather and Adam inside the compiled function (WholeStep)."""
-    data = load_mnist()
-    train_x, test_x = data.train_x, data.test_x
-    epoch = [0]
-
-    def run() -> float:
-        epoch[0] += 1
-        model, _ = build(get_variant("sgvb_b"), TrainConfig())
+    """The batch gather and Adam inside the compiled function too (WholeStep)."""
+    def prepare(model: VAE, train_x: Tensor) -> Epoch:
         whole = WholeStep(model, dtype, train_x, compiled)
-        gen = torch.Generator().manual_seed(epoch[0])
-        t0 = time.perf_counter()
-        perm = torch.randperm(len(train_x), generator=gen)
-        noise = torch.randn((len(train_x), model.latent), generator=gen)
-        sums, t = torch.zeros(2), torch.zeros(())
-        for i in range(0, len(train_x), BATCH):
-            t += 1  # a tensor, so that the step count is not baked into the graph
-            sums += whole.step(perm[i:i + BATCH], noise[i:i + BATCH], t)
-        whole.hand.load_into(model)
-        evaluate_test(model, test_x)
-        return time.perf_counter() - t0
 
-    return run
+        def train_epoch(gen: torch.Generator) -> HandWrittenStep:
+            perm = torch.randperm(len(train_x), generator=gen)
+            noise = torch.randn((len(train_x), model.latent), generator=gen)
+            sums, t = torch.zeros(2), torch.zeros(())
+            for i in range(0, len(train_x), BATCH):
+                t += 1  # a tensor, so that the step count is not baked into the graph
+                sums += whole.step(perm[i:i + BATCH], noise[i:i + BATCH], t)
+            return whole.hand
+
+        return train_epoch
+
+    return first_epoch_contender(prepare)
 
 
 def harness_contender(precision: str) -> Callable[[], float]:
