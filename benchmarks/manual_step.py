@@ -20,7 +20,9 @@ times one epoch of:
 - with --compiled python|cpp, the hand-written step compiled by torch.compile (inductor fuses its elementwise work
   into generated C++ loops; "cpp" also calls the kernels from generated C++): about the nearest PyTorch itself
   comes to a fused native step; and the whole step compiled, the batch gather and Adam inside (WholeStep). Their
-  compile time is printed and counted as a 10-epoch run would spread it.
+  compile time is printed and counted as a 10-epoch run would spread it;
+- with --native, the whole step as one C++ call, fp32 and bf16 (native_step.py): the kernels those lines count
+  and little else, so about the least any step on this machine pays beyond them.
 
     TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) python benchmarks/manual_step.py --compiled cpp   # a cold compile
 """
@@ -134,6 +136,7 @@ class HandWrittenStep:
                 p.copy_(w)
 
 
+NATIVE = "native step {} (gather + Adam, C++) + test pass"
 WRAPPERS = ("python", "cpp")  # how inductor calls its kernels: from Python, or from generated C++ (cpp_wrapper)
 
 
@@ -273,6 +276,8 @@ def main() -> None:
     ap.add_argument("--compiled", choices=WRAPPERS, default=None,
                     help="also time the hand-written step and the whole step (gather + Adam) compiled by "
                          "torch.compile (inductor), their kernels called from Python or from generated C++")
+    ap.add_argument("--native", action="store_true",
+                    help="also time the whole step as one C++ call (native_step.py; builds it on first use)")
     args = ap.parse_args()
     quiet_libraries()
     x = load_mnist().train_x[:BATCH]
@@ -298,6 +303,13 @@ def main() -> None:
                 p, hand_written_contender(dtype, args.compiled))
             contenders[f"whole step {p} (gather + Adam), compiled ({args.compiled} wrapper) + test pass"] = (
                 p, whole_step_contender(dtype, args.compiled))
+    if args.native:
+        import native_step  # here: it imports this module's step and frame
+
+        native_step.load()
+        print(f"native step: built or loaded in {native_step.build_seconds:.1f} s\n")
+        for p, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            contenders[NATIVE.format(p)] = (p, native_step.native_contender(dtype))
     times: dict[str, list[float]] = {k: [] for k in contenders}
     warm_up = {name: run() for name, (_, run) in contenders.items()}  # a compiled contender compiles here
     for r in range(args.rounds):
@@ -308,7 +320,7 @@ def main() -> None:
     least = least_possible(med)
     floor = {"fp32": med[FLOOR_FP32], "bf16": med[FLOOR_BF16]}
     rows = [[name, f"{m:.2f}", f"{m / floor[precision]:.2f}x",
-             f"{m / least[precision]:.2f}x" if name.startswith(("hand", "whole", "harness")) else ""]
+             f"{m / least[precision]:.2f}x" if name.startswith(("hand", "whole", "harness", "native")) else ""]
             for name, m in med.items() for precision in [contenders[name][0]]]
     rows += [[f"least possible {p}", f"{least[p]:.2f}", f"{least[p] / floor[p]:.2f}x", "1.00x"]
              for p in least]
