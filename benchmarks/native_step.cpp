@@ -1,13 +1,14 @@
 // The seed's training step as one native call: what issue 21's speed goals leave room for on a CPU.
 //
-// sgvb_b, L = 1, Bernoulli decoder, 784-400-20, fp32 or bf16 products (as autocast), Adam (lr 1e-3) with FusedAdam's subnormal flush. The same
-// equations as manual_step.HandWrittenStep (its docstring has them), with nothing between the kernels: the 11
-// products are ATen's (oneDNN / MKL, as every contender's), written straight into their destinations; the
-// elementwise work is a few loops, fused by hand, vectorised by the compiler; Adam is ATen's fused kernel.
-// Built by benchmarks/native_step.py (torch.utils.cpp_extension), which says why -ffast-math is a compile flag only.
-#include <torch/extension.h>
-
+// sgvb_b, L = 1, Bernoulli decoder, 784-400-20, fp32 or bf16 products (as autocast), Adam (lr 1e-3) with
+// FusedAdam's subnormal flush. The same equations as manual_step.HandWrittenStep (its docstring has them), with
+// nothing between the kernels: the 11 products are ATen's (oneDNN / MKL, as every contender's), written straight
+// into their destinations; the elementwise work is a few loops, fused by hand, vectorised by the compiler; Adam is
+// ATen's fused kernel. Built by benchmarks/native_step.py (torch.utils.cpp_extension), which says why -ffast-math
+// is a compile flag only.
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/utils/pybind.h>  // pybind11 with torch's Tensor caster; torch/extension.h builds 12 s slower
 
 #include <cmath>
 #include <limits>

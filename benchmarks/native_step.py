@@ -4,14 +4,15 @@
 
 manual_step.py bounds eager PyTorch (the step written out by hand) and inductor (that step compiled). This goes
 one further: the whole step (batch gather, forward, the chain rule, Adam with FusedAdam's subnormal flush) in C++,
-for the one configuration the goals are set on (sgvb_b, L=1, Bernoulli, 784-400-20, batch 128, fp32). The products
+for the one configuration the goals are set on (sgvb_b, L=1, Bernoulli, 784-400-20, batch 128), with its
+products in fp32 or, as autocast runs them, in bf16. The products
 and Adam are ATen's kernels, as in every other contender; what is gone is everything between them: no Python, no
 dispatch through autograd, no allocation (the activations live in buffers made once), and the elementwise work
 fused by hand into 4 loops. So its distance from speed.py's "least possible" is about the least that any step on
 this machine pays beyond the kernels that line counts. It is a measurement, not a harness path: it serves one
-variant in one precision and repeats the estimator's gradient by hand (manual_step.py's reasons apply).
+configuration and repeats the estimator's gradient by hand (manual_step.py's reasons apply).
 
-The first call builds the extension with torch.utils.cpp_extension (g++ and ninja; about a minute; cached in
+The first call builds the extension with torch.utils.cpp_extension (g++ and ninja; about 20 s here; cached in
 torch's extension folder, rebuilt when the source changes). The loops are compiled with -ffast-math, so that the
 compiler may call glibc's vector exp and log1p, but it is not passed to the linker: on GCC 12 that would link
 crtfastmath.o, whose constructor sets flush-to-zero in every thread that loads the library, changing the other
@@ -29,8 +30,9 @@ import torch
 from manual_step import BATCH, Epoch, HandWrittenStep, first_epoch_contender, layer_parameters
 from torch import Tensor
 
+from bench.training.adam import FLUSH_EVERY  # importable: manual_step put this checkout on the path
+
 SOURCE = Path(__file__).resolve().with_suffix(".cpp")
-FLUSH_EVERY = 16  # as bench.training.adam.FLUSH_EVERY
 
 _module: ModuleType | None = None
 build_seconds: float | None = None  # the last load's build (or cache check) time

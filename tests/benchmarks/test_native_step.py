@@ -1,6 +1,6 @@
 """benchmarks/native_step.cpp, the seed's step as one C++ call: it must train exactly as autograd + Adam would, and
 loading it must not change how the rest of the process computes (flush-to-zero). Builds the extension (g++ and
-ninja; about 25 s the first time, cached after)."""
+ninja; about 20 s the first time, cached after)."""
 
 from __future__ import annotations
 
