@@ -76,7 +76,7 @@ class NativeStep:
         self._native = load().SeedStep(train_x, self.hand.weights, self.hand.grads, flat, grad, self.exp_avg,
                                        self.exp_avg_sq, self.count, max_batch, FLUSH_EVERY,
                                        dtype == torch.bfloat16)
-        self.train_x, self.latent, self.max_batch = train_x, model.latent, max_batch
+        self.latent, self.max_batch = model.latent, max_batch  # the C++ side holds train_x
 
     def step(self, idx: Tensor, eps: Tensor) -> tuple[float, float]:
         # the C++ side reads raw pointers: shapes and layouts are checked here, once per call

@@ -38,6 +38,20 @@ def test_the_compiled_hand_written_step_keeps_its_gradients() -> None:
     assert errors["bf16"] < 5e-2
 
 
+def reference_step(params: list[torch.Tensor], x: torch.Tensor, eps: torch.Tensor) -> tuple[float, float]:
+    """The seed's loss by autograd on plain tensors (fc1.weight, fc1.bias, ..., fc4.bias); fills their .grad and
+    returns (BCE, KL) summed over the batch."""
+    w1, b1, w2, b2, w3, b3, w4, b4 = params
+    h1 = torch.relu(x @ w1.T + b1)
+    mu, logvar = (h1 @ w2.T + b2).chunk(2, dim=1)
+    z = mu + torch.exp(0.5 * logvar) * eps
+    logits = torch.relu(z @ w3.T + b3) @ w4.T + b4
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+    kld = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum()
+    (bce + kld).backward()
+    return float(bce.detach()), float(kld.detach())
+
+
 def test_the_whole_step_compiled_trains_like_torch_adam_on_the_harness_model() -> None:
     """manual_step.WholeStep (gather, hand-written step, Adam in one compiled function): three steps end on the
     weights that autograd and torch.optim.Adam reach from the same start, on the same rows and noise."""
@@ -54,14 +68,7 @@ def test_the_whole_step_compiled_trains_like_torch_adam_on_the_harness_model() -
         idx, eps = torch.randperm(64)[:16], torch.randn(16, 20)
         whole.step(idx, eps, torch.tensor(float(k + 1)))
         opt.zero_grad()
-        w1, b1, w2, b2, w3, b3, w4, b4 = ref
-        x = images[idx]
-        h1 = torch.relu(x @ w1.T + b1)
-        mu, logvar = (h1 @ w2.T + b2).chunk(2, dim=1)
-        z = mu + torch.exp(0.5 * logvar) * eps
-        logits = torch.relu(z @ w3.T + b3) @ w4.T + b4
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum")
-        (bce - 0.5 * (1 + logvar - mu**2 - logvar.exp()).sum()).backward()
+        reference_step(ref, images[idx], eps)
         opt.step()
     assert counters["stats"]["unique_graphs"] > graphs  # it was compiled, not run eagerly
     # atol lr / 100: Adam divides by |g|, so where a gradient is tiny the fused kernels' last-bit differences reach

@@ -12,24 +12,12 @@ import torch
 
 from bench.core.config import TrainConfig
 from bench.training.loop import build
+from tests.benchmarks.test_benchmarks import reference_step
 from variants import get_variant
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 native_step = pytest.importorskip("native_step")
 manual_step = pytest.importorskip("manual_step")
-
-
-def reference_step(params: list[torch.Tensor], x: torch.Tensor, eps: torch.Tensor) -> tuple[float, float]:
-    """The seed's loss by autograd on plain tensors (fc1.weight, fc1.bias, ..., fc4.bias); fills their .grad."""
-    w1, b1, w2, b2, w3, b3, w4, b4 = params
-    h1 = torch.relu(x @ w1.T + b1)
-    mu, logvar = (h1 @ w2.T + b2).chunk(2, dim=1)
-    z = mu + torch.exp(0.5 * logvar) * eps
-    logits = torch.relu(z @ w3.T + b3) @ w4.T + b4
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum")
-    kld = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum()
-    (bce + kld).backward()
-    return float(bce.detach()), float(kld.detach())
 
 
 def test_loading_the_native_step_keeps_subnormals_in_this_process() -> None:
@@ -41,24 +29,35 @@ def test_loading_the_native_step_keeps_subnormals_in_this_process() -> None:
 
 
 def test_the_native_step_trains_like_autograd_and_torch_adam() -> None:
-    """20 steps on binary images, the last on a shorter batch: the same losses before each update and the same
-    weights after, from the same start, rows and noise."""
+    """20 steps on binary images, the last on a shorter batch. Each step is held to autograd at the native step's own
+    weights (the losses, and the gradient), and its update to torch.optim.Adam fed the same gradients. Comparing
+    two free-running trainings instead would flake: a ReLU unit on the edge of 0 takes a gradient in one and not
+    the other, and Adam's first update of its weights is lr whatever the gradient's size (30 seeded draws: the
+    weights after 20 steps parted by up to 4e-3 in one, and by more than atol in two)."""
     model, _ = build(get_variant("sgvb_b"), TrainConfig())
     images = torch.rand(200, 784).bernoulli()
-    ref = [p.detach().clone().requires_grad_() for p in manual_step.layer_parameters(model)]
+    at = [p.detach().clone().requires_grad_() for p in manual_step.layer_parameters(model)]  # autograd, reset a step
+    ref = [p.detach().clone().requires_grad_() for p in manual_step.layer_parameters(model)]  # torch.optim.Adam's
     native = native_step.NativeStep(model, images, max_batch=32)
     opt = torch.optim.Adam(ref, lr=1e-3)
     gen = torch.Generator().manual_seed(3)
     for k in range(20):
         n = 32 if k < 19 else 13
         idx, eps = torch.randperm(200, generator=gen)[:n], torch.randn(n, 20, generator=gen)
+        with torch.no_grad():
+            for a, w in zip(at, native.hand.weights, strict=True):
+                a.copy_(w)
+                a.grad = None
+        want_nll, want_kld = reference_step(at, images[idx], eps)
         nll, kld = native.step(idx, eps)
-        opt.zero_grad()
-        want_nll, want_kld = reference_step(ref, images[idx], eps)
-        opt.step()
         assert nll == pytest.approx(want_nll, rel=1e-5)
         assert kld == pytest.approx(want_kld, rel=1e-4)
-    # atol lr / 100, as for manual_step's WholeStep: a wrong gradient or Adam term moves weights by about lr
+        for got, a in zip(native.hand.grads, at, strict=True):  # fp32 rounding, as manual_step's 3e-7
+            assert float((got - a.grad).abs().max() / a.grad.abs().max()) < 1e-5
+        for r, got in zip(ref, native.hand.grads, strict=True):
+            r.grad = got.clone()
+        opt.step()
+    # atol lr / 100, as for manual_step's WholeStep: a wrong Adam term moves weights by about lr
     for got, want in zip(native.hand.weights, ref, strict=True):
         torch.testing.assert_close(got, want.detach(), rtol=1e-4, atol=1e-5)
     assert float(native.count) == 20
@@ -101,9 +100,10 @@ def test_the_native_step_refuses_inputs_its_raw_pointers_cannot_read() -> None:
 
 def test_the_native_bf16_step_takes_the_hand_written_bf16_gradient() -> None:
     """bf16 products, the loss and the KL in fp32: manual_step.HandWrittenStep's scheme, which a test holds to
-    autocast's gradients. The weights' gradients are the same products of the same bf16 operands, so they must agree
-    to the bit; the biases' are sums of the bf16 output gradients here (as autocast takes them) and of the fp32 ones
-    there, so they agree to bf16 rounding."""
+    autocast's gradients. The weights' gradients are the same products of operands rounded to bf16, which agree but
+    where an fp32 value lies next to a bf16 rounding boundary (50 draws: 5 of 200 weight gradients differed, by at
+    most 4.2e-3 relative); the biases' are sums of the bf16 output gradients here (as autocast takes them) and of the
+    fp32 ones there. So both agree to bf16 rounding; a wrong view, cast or offset is off by order 1."""
     model, _ = build(get_variant("sgvb_b"), TrainConfig())
     images = torch.rand(64, 784).bernoulli()
     start = [p.detach().clone() for p in manual_step.layer_parameters(model)]
@@ -114,11 +114,8 @@ def test_the_native_bf16_step_takes_the_hand_written_bf16_gradient() -> None:
     want_nll, want_kld = (float(v) for v in hand.backward(images, eps))
     assert nll == pytest.approx(want_nll, rel=1e-5)
     assert kld == pytest.approx(want_kld, rel=1e-4)
-    for k, (got, want) in enumerate(zip(native.hand.grads, hand.grads, strict=True)):
-        if k % 2 == 0:  # a weight
-            assert torch.equal(got, want)
-        else:
-            assert float((got - want).abs().max() / want.abs().max()) < 1e-2
+    for got, want in zip(native.hand.grads, hand.grads, strict=True):
+        assert float((got - want).abs().max() / want.abs().max()) < 1e-2
     # Adam stepped the fp32 masters by about lr (its first step moves every weight with a gradient by lr)
     moved = torch.cat([(w - s).reshape(-1) for w, s in zip(native.hand.weights, start, strict=True)])
     assert moved.dtype == torch.float32 and 0.9e-3 < float(moved.abs().max()) < 1.1e-3
