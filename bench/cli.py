@@ -100,6 +100,16 @@ def one_of(choices: Sequence[str]) -> Callable[[str], str]:
     return parse
 
 
+def add_compile(p: argparse.ArgumentParser, *, resume: bool = False) -> None:
+    """--compile (bench.training.steps); with ``resume``, also --no-compile, and unset keeps the run's own."""
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction if resume else "store_true",
+                   default=None if resume else False,
+                   help="the whole training step (forward, gradient, Adam) as one torch.compile graph: faster "
+                        "epochs after compiling at the start (tens of seconds the first time on a machine, a few "
+                        "after: cached on disk); the last bits differ from eager"
+                        + ("; default off; a resume keeps the run's own" if resume else ""))
+
+
 TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
 
 

@@ -15,6 +15,7 @@ import math
 from bench.cli import (
     ArgumentParser,
     add_common,
+    add_compile,
     exit_process,
     listof,
     main_guard,
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="LIST", help="c of the Gaussian decoder (ignored for Bernoulli decoders)")
     p.add_argument("--precision", type=listof(one_of(PRECISIONS), "precisions"), default=["fp32"], metavar="LIST")
     p.add_argument("--binarize", type=listof(one_of(BINARIZE), "binarisations"), default=["none"], metavar="LIST")
+    add_compile(p)
     p.add_argument("--limit-train", type=listof(positive_int, "positive integers"), default=[None], metavar="LIST")
     p.add_argument("--nll-samples", type=nonneg_int, default=0, metavar="K",
                    help="after training, estimate the test NLL with K importance samples (0: skip)")

@@ -20,6 +20,7 @@ import argparse  # noqa: E402
 from bench.cli import (  # noqa: E402
     ArgumentParser,
     add_common,
+    add_compile,
     exit_process,
     main_guard,
     nonneg_int,
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_int, default=1)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: autocast matrix products, losses and optimiser state in float32")
+    add_compile(p, resume=True)
     p.add_argument("--binarize", choices=BINARIZE, default="none",
                    help="none: grey levels (the seed); static: one fixed draw; dynamic: a new draw per batch")
     p.add_argument("--limit-train", type=positive_int, metavar="N", help="train on the first N images only")

@@ -12,6 +12,7 @@ import argparse
 from bench.cli import (
     ArgumentParser,
     add_common,
+    add_compile,
     exit_process,
     main_guard,
     nonneg_int,
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_int, default=1, help="training seed of every trial (default 1)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--binarize", choices=BINARIZE, default="none")
+    add_compile(p)
     p.add_argument("--prune-after", type=nonneg_int, default=5, metavar="N",
                    help="median pruning starts once N trials have finished (default 5)")
     p.add_argument("--heartbeat", type=positive_int, default=10, metavar="SEC",

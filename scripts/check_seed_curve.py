@@ -2,7 +2,7 @@
 bands recorded for pytorch/examples (ANCHORS.md; bench.reporting.anchors.SEED_POINTS): the training loss at epochs 1
 and 10, and the test loss at epochs 1 and 10. No MLflow: the harness with an in-memory tracker.
 
-    python scripts/check_seed_curve.py [--precision fp32|bf16] [--threads N]
+    python scripts/check_seed_curve.py [--precision fp32|bf16] [--threads N] [--compile]
 
 Prints one line per point (value, band, in or out) and the seconds per epoch; exits 1 if a point is out of its band.
 The bands are narrower than the spread over seeds and float orders: scripts/seed_curve_spread.py measures it.
@@ -50,15 +50,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--precision", choices=PRECISIONS, default="fp32")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--compile", action="store_true", help="the compiled step (bench.run --compile)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(latent=20, epochs=10, seed=1, precision=args.precision)
+    cfg = TrainConfig(latent=20, epochs=10, seed=1, precision=args.precision, compile=args.compile)
     t0 = time.perf_counter()
     tracker = MemoryTracker()
     result = train(get_variant("sgvb_b"), cfg, load_mnist(), tracker)
     seconds = [h["epoch_seconds"] for h in result.history]
-    print(f"precision {args.precision}; {time.perf_counter() - t0:.1f} s; epoch seconds: first {seconds[0]:.2f}, "
+    how = f"precision {args.precision}{', compiled' if args.compile else ''}"
+    print(f"{how}; {time.perf_counter() - t0:.1f} s; epoch seconds: first {seconds[0]:.2f}, "
           f"median {statistics.median(seconds):.2f}, mean {statistics.mean(seconds):.2f}")
     ok = True
     for metric, epoch, value, (lo, hi), inside in check(result.history):

@@ -3,15 +3,17 @@ own loop: the yardstick for check_seed_curve.py's bands (ANCHORS.md: "recorded e
 
     python scripts/seed_curve_spread.py --seeds 1-10 --reference-seeds 1-10       # about 14 minutes
     python scripts/seed_curve_spread.py --seeds 1-6 --reference-seeds 1-3 --threads 2,1 --precision fp32,bf16
+    python scripts/seed_curve_spread.py --seeds 1-10 --step eager,compiled      # --compile against eager
 
 Each run is the seed's configuration (784-400-20, Bernoulli, estimator B, L=1, Adam 1e-3, batch 128, 10 epochs):
 the harness through bench.training.loop.train (in-memory tracker), the reference through benchmarks/speed.py's
 classic loop (the seed's code: torchvision MNIST + DataLoader, seeded with torch.manual_seed). Prints one line per
 run, then, for the first thread count and precision, per checked point: the band, each side's mean with its 95%
 t-interval and sd, how many runs round into the band, and the harness minus the reference (Welch interval).
-Several thread counts (which change the order of the GEMMs' sums) or precisions run every seed in each, and a
-second table gives each configuration minus the first, seed by seed: what float order or bf16 alone does to a
-10-epoch curve. About 20 s per harness run and 60 s per reference run on 2 CPU cores.
+Several thread counts (which change the order of the GEMMs' sums), precisions or steps (eager, or compiled as
+bench.run --compile does) run every seed in each, and a second table gives each configuration minus the first, seed
+by seed: what float order, bf16 or the compiled step alone does to a 10-epoch curve. About 20 s per harness run
+and 60 s per reference run on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -54,8 +56,11 @@ def int_list(text: str) -> list[int]:
     return out
 
 
-def harness_curve(seed: int, precision: str, data: MNIST) -> list[dict[str, float]]:
-    cfg = TrainConfig(latent=20, epochs=EPOCHS, seed=seed, precision=precision)
+STEPS = ("eager", "compiled")
+
+
+def harness_curve(seed: int, precision: str, data: MNIST, step: str = "eager") -> list[dict[str, float]]:
+    cfg = TrainConfig(latent=20, epochs=EPOCHS, seed=seed, precision=precision, compile=step == "compiled")
     return train(get_variant("sgvb_b"), cfg, data, MemoryTracker(), log=lambda _line: None).history
 
 
@@ -100,6 +105,7 @@ class Run:
     threads: int
     precision: str  # the reference is always fp32
     history: list[dict[str, float]]
+    step: str = "eager"  # or "compiled" (the harness's --compile); the reference is always eager
 
     def value(self, metric: str, epoch: int) -> float:
         return self.history[epoch - 1][metric]
@@ -129,16 +135,16 @@ def summary(runs: list[Run]) -> list[list[str]]:
     return rows
 
 
-def paired(runs: list[Run], base: tuple[int, str]) -> list[list[str]]:
-    """Each other configuration (threads, precision) minus ``base``, seed by seed, per side and point: what float
+def paired(runs: list[Run], base: tuple[int, str, str]) -> list[list[str]]:
+    """Each other configuration (threads, precision, step) minus ``base``, seed by seed, per side and point: what float
     order (threads) or precision alone does to the curve."""
-    def key(r: Run) -> tuple[int, str]:
-        return r.threads, r.precision
+    def key(r: Run) -> tuple[int, str, str]:
+        return r.threads, r.precision, r.step
 
     rows = []
     for who in ("harness", "reference"):
         mine = [r for r in runs if r.who == who]
-        mine_base = base if who == "harness" else (base[0], "fp32")  # the seed's loop has no bf16
+        mine_base = base if who == "harness" else (base[0], "fp32", "eager")  # the seed's loop: fp32, eager
         at_base = {r.seed: r for r in mine if key(r) == mine_base}
         for other in dict.fromkeys(key(r) for r in mine if key(r) != mine_base):
             pairs = [(at_base[r.seed], r) for r in mine if key(r) == other and r.seed in at_base]
@@ -147,7 +153,7 @@ def paired(runs: list[Run], base: tuple[int, str]) -> list[list[str]]:
                 b = [o.value(metric, epoch) for _, o in pairs]
                 t = paired_t(a, b)
                 worst = max(abs(y - x) for x, y in zip(a, b, strict=True))
-                label = f"{other[0]} thread(s) {other[1]} - {mine_base[0]} {mine_base[1]}"
+                label = f"{other[0]} thread(s) {other[1]} {other[2]} - {' '.join(map(str, mine_base))}"
                 ci = f" [{t.ci_low:+.3f}, {t.ci_high:+.3f}]" if math.isfinite(t.ci_low) else ""
                 rows.append([who, label, f"{metric} {epoch}", f"{t.mean_diff:+.3f}{ci}",
                              f"{t.sd:.3f}" if math.isfinite(t.sd) else "-", f"{worst:.3f}", str(t.n)])
@@ -161,7 +167,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int_list, default=[torch.get_num_threads()], help="thread counts, e.g. 1,2")
     ap.add_argument("--precision", type=lambda t: t.split(","), default=["fp32"],
                     help=f"the harness's precisions, e.g. fp32,bf16 (of {', '.join(PRECISIONS)})")
+    ap.add_argument("--step", type=lambda t: t.split(","), default=["eager"],
+                    help="the harness's steps, e.g. eager,compiled (compiled: bench.run --compile)")
     args = ap.parse_args()
+    if bad := [s for s in args.step if s not in STEPS]:
+        ap.error(f"--step: {', '.join(bad)} is not one of {', '.join(STEPS)}")
     if bad := [p for p in args.precision if p not in PRECISIONS]:
         ap.error(f"--precision: {', '.join(bad)} is not one of {', '.join(PRECISIONS)}")
     if not args.threads or min(args.threads) < 1:
@@ -170,19 +180,19 @@ def main() -> int:
     runs: list[Run] = []
     for threads in args.threads:
         torch.set_num_threads(threads)
-        jobs = [("harness", s, p) for p in args.precision for s in args.seeds]
-        jobs += [("reference", s, "fp32") for s in args.reference_seeds]
-        for who, seed, precision in jobs:
+        jobs = [("harness", s, p, step) for step in args.step for p in args.precision for s in args.seeds]
+        jobs += [("reference", s, "fp32", "eager") for s in args.reference_seeds]
+        for who, seed, precision, step in jobs:
             t0 = time.perf_counter()
-            history = harness_curve(seed, precision, data) if who == "harness" else reference_curve(seed)
-            runs.append(Run(who, seed, threads, precision, history))
+            history = harness_curve(seed, precision, data, step) if who == "harness" else reference_curve(seed)
+            runs.append(Run(who, seed, threads, precision, history, step))
             points = "  ".join(f"{m} {e}: {history[e - 1][m]:.4f}" for m, e in POINTS)
-            print(f"{who:9s} seed {seed:2d}, {threads} thread(s), {precision}: {points}  "
+            print(f"{who:9s} seed {seed:2d}, {threads} thread(s), {precision} {step}: {points}  "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    base = (args.threads[0], args.precision[0])
-    print(f"\n{base[0]} thread(s), harness {base[1]}; 95% t-intervals over runs; a run is in a band when it rounds "
-          "into it at 2 decimals")
-    first = [r for r in runs if r.threads == base[0] and (r.who == "reference" or r.precision == base[1])]
+    base = (args.threads[0], args.precision[0], args.step[0])
+    print(f"\n{base[0]} thread(s), harness {base[1]} {base[2]}; 95% t-intervals over runs; a run is in a band when "
+          "it rounds into it at 2 decimals")
+    first = [r for r in runs if r.threads == base[0] and (r.who == "reference" or (r.precision, r.step) == base[1:])]
     print(tabulate(summary(first),
                    headers=["point", "band", "harness", "in band", "reference (seed's loop)", "in band",
                             "harness - reference"], disable_numparse=True))

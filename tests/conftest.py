@@ -34,7 +34,8 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 # The modules that take longest (``--durations=0``, summed per module, on a 2-core machine), longest first: handed
 # to the workers first, so that the suite does not end with one worker finishing a long module alone. A module
 # not named here runs after them, in collection order.
-LONGEST_FIRST = ("commands/test_lifecycle.py", "plugins/test_plugins.py", "reporting/test_report.py",
+LONGEST_FIRST = ("commands/test_lifecycle.py", "training/test_compiled_step.py", "plugins/test_plugins.py",
+                 "reporting/test_report.py",
                  "sweeps/test_liveness.py", "tracking/test_locks.py", "commands/test_cli.py",
                  "evaluation/test_snr.py", "sweeps/test_tune.py", "training/test_resume.py",
                  "evaluation/test_evaluate.py", "reporting/test_paired_report.py", "tracking/test_tracking.py",

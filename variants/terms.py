@@ -6,6 +6,9 @@ z^(l) = g(eps^(l), x) = mu + sigma * eps^(l), eps^(l) ~ N(0, I), l = 1..L. sg(.)
 Noise: estimators draw eps with ``sample_eps``. Inside ``fixed_noise(eps)`` it returns the given eps instead, so a
 gradient study can draw every repetition's noise up front and take the draws as a batch dimension
 (torch.func.vmap over them; random draws inside vmap would need a generator per draw).
+Inside ``supplied_noise(draws)`` it returns the given draws one call after another: the compiled training step
+(bench.training.steps) draws a step's noise outside its graph, where a torch.Generator can run, in the shapes
+and order that ``record_draws`` saw the estimator draw.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ from torch import Tensor
 LOG_2PI = math.log(2 * math.pi)
 
 _FIXED: ContextVar[Tensor | None] = ContextVar("fixed_noise", default=None)
+# Plain lists, not ContextVars: torch.compile traces reads and pops of a list, not ContextVar.set. Only the
+# training step of the one thread that trains sets them, for the length of one call.
+_SUPPLY: list[Tensor] = []
+_RECORD: list[list[tuple[tuple[int, ...], torch.dtype, torch.device]]] = []
 
 
 @dataclass
@@ -53,15 +60,46 @@ def fixed_noise(eps: Tensor) -> Iterator[None]:
         _FIXED.reset(token)
 
 
+@contextlib.contextmanager
+def supplied_noise(draws: list[Tensor]) -> Iterator[None]:
+    """Within the block, ``sample_eps`` returns ``draws[0]``, then ``draws[1]``, ...; all must be taken."""
+    _SUPPLY[:] = draws
+    try:
+        yield
+        if _SUPPLY:
+            raise ValueError(f"the estimator took {len(draws) - len(_SUPPLY)} of the {len(draws)} draws supplied")
+    finally:
+        _SUPPLY.clear()
+
+
+@contextlib.contextmanager
+def record_draws() -> Iterator[list[tuple[tuple[int, ...], torch.dtype, torch.device]]]:
+    """Within the block, every draw of ``sample_eps`` is listed (shape, dtype, device), in order."""
+    _RECORD.append([])
+    try:
+        yield _RECORD[-1]
+    finally:
+        _RECORD.pop()
+
+
 def sample_eps(mu: Tensor, samples: int, gen: torch.Generator | None) -> Tensor:
-    """eps^(l) ~ N(0, I), shape [L, B, J] (or the noise given to ``fixed_noise``)."""
+    """eps^(l) ~ N(0, I), shape [L, B, J] (or the noise given to ``fixed_noise`` or ``supplied_noise``)."""
+    if _SUPPLY:
+        eps = _SUPPLY.pop(0)
+        if tuple(eps.shape) != (samples, *mu.shape):
+            raise ValueError(f"supplied noise of shape {tuple(eps.shape)}, but the estimator draws "
+                             f"{(samples, *mu.shape)}")
+        return eps
     fixed = _FIXED.get()
     if fixed is not None:
         if tuple(fixed.shape) != (samples, *mu.shape):
             raise ValueError(f"fixed noise of shape {tuple(fixed.shape)}, but the estimator draws "
                              f"{(samples, *mu.shape)}")
         return fixed
-    return torch.randn((samples, *mu.shape), generator=gen, device=mu.device, dtype=mu.dtype)
+    eps = torch.randn((samples, *mu.shape), generator=gen, device=mu.device, dtype=mu.dtype)
+    if _RECORD:
+        _RECORD[-1].append((tuple(eps.shape), eps.dtype, eps.device))
+    return eps
 
 
 def analytic_kl(mu: Tensor, logvar: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ class TrainConfig:
     binarize: str = "none"
     limit_train: int | None = None
     validation: int = 0  # training images held out (the last ones) for val_* metrics: tuning's split
+    compile: bool = False  # the step as one torch.compile graph (bench.training.steps): the last bits differ
 
     def __post_init__(self) -> None:
         checks = [

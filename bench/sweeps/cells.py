@@ -19,7 +19,7 @@ from bench.tracking.names import ANALYSIS_TAG, EPOCHS_TAG, MEMBER_TAG
 from bench.training.identity import run_name, run_params
 from variants.registry import Variant, get_variant
 
-NOT_COMPARED = ("device",)  # where a run ran, not what it computed
+NOT_COMPARED = ("device", "compile")  # where and how a run ran, not what it computed
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def build_cells(args: argparse.Namespace, device: str, digest: str) -> list[Cell
         except (KeyError, ValueError) as e:
             raise UserError(f"{name} with samples={samples}, decoder={decoder}: {str(e).strip(chr(39))}") from None
         cfg = TrainConfig(latent=latent, epochs=epochs, batch_size=bs, lr=lr, seed=seed, device=device,
-                          precision=precision, binarize=binarize, limit_train=limit)
+                          precision=precision, binarize=binarize, limit_train=limit, compile=args.compile)
         params = {k: param_value(v) for k, v in run_params(variant, cfg, digest).items() if k not in NOT_COMPARED}
         key = json.dumps(params, sort_keys=True)
         if key not in seen:  # e.g. a Gaussian variance given for a Bernoulli variant changes nothing

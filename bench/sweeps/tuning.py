@@ -88,7 +88,7 @@ def parent_name(study: str, variant: str, cfg: TrainConfig) -> str:
 def study_settings(variant: Variant, cfg: TrainConfig, digest: str) -> dict[str, Any]:
     """What every worker of a study must share for its trials to compare: the fixed axes and settings (not
     the tuned ones, nor the device)."""
-    tuned = {d.name for d in search_space.dimensions(variant)} | {"device"}
+    tuned = {d.name for d in search_space.dimensions(variant)} | {"device", "compile"}
     fixed = {k: v for k, v in {**variant.axes(), **cfg.params()}.items() if k not in tuned}
     return {"kind": "tune", "objective": OBJECTIVE, **fixed, "data_digest": digest}
 
@@ -244,6 +244,7 @@ def tune(args: argparse.Namespace) -> int:
     variant = REGISTRY[args.variant]
     cfg = TrainConfig(latent=args.latent, epochs=args.epochs, seed=args.seed, device=resolve_device(args.device),
                       precision=args.precision, binarize=args.binarize, limit_train=args.limit_train,
+                      compile=args.compile,
                       validation=args.validation)
     name = studies.check_name(args.study_name or default_study_name(variant.name, cfg))
     if args.storage:

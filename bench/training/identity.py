@@ -49,7 +49,7 @@ def restore(run: Any, epochs: int | None, device: str) -> tuple[Variant, TrainCo
             batch_size=int(p["batch_size"]), lr=float(p["lr"]), seed=int(p["seed"]),
             device=device, precision=p.get("precision", "fp32"),
             binarize=p.get("binarize", "none"), limit_train=None if limit == "None" else int(limit),
-            validation=int(p.get("validation", 0)))
+            validation=int(p.get("validation", 0)), compile=p.get("compile") == "True")
     except (KeyError, ValueError) as e:
         raise UserError(f"run {run.info.run_id} was not made by bench.run (param {e} missing or bad)") from None
     return variant, cfg

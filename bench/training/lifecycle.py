@@ -77,7 +77,7 @@ def new_run(client: MlflowClient, args: argparse.Namespace, data: Callable[[], C
     cfg = TrainConfig(latent=args.latent, epochs=10 if args.epochs is None else args.epochs,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       device=resolve_device(args.device), precision=args.precision,
-                      binarize=args.binarize, limit_train=args.limit_train)
+                      binarize=args.binarize, limit_train=args.limit_train, compile=bool(args.compile))
     mnist = data()
     cfg.check_split(mnist.n_train)  # settings the data cannot meet fail here, before a run is made
     lease = Lease(client, "", "training")

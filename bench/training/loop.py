@@ -10,7 +10,6 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import tempfile
 import time
@@ -36,6 +35,7 @@ from bench.evaluation.test_elbo import evaluate_test
 from bench.tracking.names import TRAINING_SNR_ANALYSIS
 from bench.tracking.tracker import NullTracker, Tracker
 from bench.training.adam import Optimizer, make_adam
+from bench.training.steps import make_step
 from variants.model import VAE
 from variants.registry import Variant
 
@@ -48,6 +48,7 @@ BAR_SECONDS = 1.0  # the bar is redrawn at least this often (the issue asks for 
 class TrainResult:
     model: VAE
     history: list[dict[str, float]]  # one dict of metrics per epoch trained in this call
+    compile_seconds: float = 0.0  # --compile: the step's first call, compiling included (in epoch 1's seconds)
 
 
 def build(variant: Variant, cfg: TrainConfig) -> tuple[VAE, Optimizer]:
@@ -113,8 +114,7 @@ def train(
     snr_x = binarize(train_x[:bs], BINARIZE_SEED + 2) if snr_every and cfg.binarize == "dynamic" else train_x[:bs]
     if snr_every:
         tracker.log_new_params({"snr_every": snr_every})
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
-                else contextlib.nullcontext())
+    step = make_step(variant, model, opt, cfg, log)
     history: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="vae-bench-") as tmp:
         for epoch in range(first, cfg.epochs + 1):
@@ -131,12 +131,7 @@ def train(
                 xb = train_x.index_select(0, perm[i:i + bs])  # ~3x faster than train_x[idx] on CPU
                 if cfg.binarize == "dynamic":
                     xb = torch.bernoulli(xb, generator=gen)
-                with autocast:
-                    terms = variant.estimate(model, xb, gen)
-                opt.zero_grad(set_to_none=True)
-                terms.objective.sum().backward()  # summed over the batch, as the seed's reduction='sum'
-                opt.step()
-                sums += torch.stack((terms.recon.sum(), terms.kld.sum())).detach()
+                sums += step(xb, gen)
                 # The bar moves at least every BAR_SECONDS of work: a clock read every few batches (no device sync);
                 # the sync (the loss for the bar, the finiteness check) only when the bar is redrawn.
                 if (b + 1) % CHECK_EVERY == 0 or (progress and (b + 1) % CLOCK_EVERY == 0
@@ -185,4 +180,4 @@ def train(
                 f"(recon {recon:.2f} + kld {kld:.2f})  {prefix} loss: {metrics[f'{prefix}_loss']:.4f}  "
                 f"[{metrics['epoch_seconds']:.2f} s]")
     model.eval()
-    return TrainResult(model, history)
+    return TrainResult(model, history, getattr(step, "compile_seconds", 0.0))

@@ -4,6 +4,7 @@ interrupted resume leaves it as it was), and only then is it marked RUNNING agai
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -87,6 +88,9 @@ def resumed_run(client: MlflowClient, parser: argparse.ArgumentParser, args: arg
                         f"{'it' if len(wrong) == 1 else 'them'} (a resume may change --epochs, --device, "
                         "--data-dir, --nll-samples)")
     variant, cfg = restore(run, args.epochs, resolve_device(args.device))
+    trained_compiled = cfg.compile
+    if args.compile is not None:  # --compile / --no-compile: how the steps run, which a resume may change
+        cfg = dataclasses.replace(cfg, compile=args.compile)
     if not given(parser, argv, ["nll_samples"]):  # the final evaluation the run was started with
         args.nll_samples = int(run.data.tags.get(NLL_TAG, 0))
     if not given(parser, argv, ["snr_every"]):  # and its SNR during training, which would otherwise stop here
@@ -128,4 +132,9 @@ def resumed_run(client: MlflowClient, parser: argparse.ArgumentParser, args: arg
     if trained_on.split(":")[0] != cfg.device.split(":")[0]:
         print(f"note: it trained on {trained_on} and resumes on {cfg.device}, whose random draws differ: the "
               f"result will not match an uninterrupted run; give --device {trained_on} to match it")
+    if cfg.compile != trained_compiled:
+        how = {True: "compiled", False: "eagerly"}
+        print(f"note: it trained {how[trained_compiled]} and resumes {how[cfg.compile]}: compiled and eager steps "
+              "differ in the last bits, so the result will not match an uninterrupted run to the bit; give "
+              f"--{'' if trained_compiled else 'no-'}compile to match it")
     return Job(tracker, variant, cfg, mnist, start, lease)

@@ -113,6 +113,19 @@ def test_goals_table_says_a_goal_below_the_floor_is_out_of_reach() -> None:
     assert speed.goals_table(med)[1][-1] == "no"
 
 
+def test_goals_table_counts_the_compiled_steps_compile_in_a_10_epoch_run() -> None:
+    med = {speed.FLOOR_FP32: 1.0, speed.FLOOR_BF16: 0.3, speed.ADAM: 0.1, speed.TEST_PASS: 0.1,
+           speed.TRACKED["fp32"]: 2.0, speed.TRACKED["bf16"]: 1.5,
+           speed.COMPILED["fp32"]: 1.3, speed.COMPILED["bf16"]: 0.6}
+    rows = {row[0]: row[1:] for row in speed.goals_table(med, {"fp32": 1.0, "bf16": 3.0})}
+    # 1.3 + 1.0 / 10 = 1.40 against 1.15 x 1.2 = 1.38; 0.6 + 3.0 / 10 = 0.90 against 1.3 x 0.5 = 0.65
+    assert rows["1.15x the least possible, fp32 (issue 21), compiled, 1.0 s compile / 10 epochs"] == [
+        "1.38", "1.20", "yes", "1.40", "1.17x", "no"]
+    assert rows["1.3x the least possible, bf16 (issue 21), compiled, 3.0 s compile / 10 epochs"] == [
+        "0.65", "0.50", "yes", "0.90", "1.80x", "no"]
+    assert rows["1.15x the least possible, fp32 (issue 21)"][3] == "2.00"  # the eager row is unchanged
+
+
 def test_profile_groups_every_op_and_the_shares_add_up() -> None:
     profile_step = pytest.importorskip("profile_step")
     assert profile_step.category("aten::mm") == "GEMM"

@@ -60,12 +60,16 @@ def test_the_paired_table_subtracts_each_seeds_own_base_run() -> None:
     runs += [spread.Run("harness", s, 1, "fp32", history(v + shifts[s])) for s, v in base.items()]
     runs += [spread.Run("reference", 1, 2, "fp32", history(105.5)),
              spread.Run("reference", 1, 1, "fp32", history(105.6))]
-    rows = {(r[0], r[2]): r for r in spread.paired(runs, (2, "fp32"))}
-    mean, sd, largest, n = rows[("harness", "test_loss 10")][3:]
+    runs += [spread.Run("harness", s, 2, "fp32", history(v - shifts[s]), "compiled") for s, v in base.items()]
+    rows = {(r[0], r[1], r[2]): r for r in spread.paired(runs, (2, "fp32", "eager"))}
+    mean, sd, largest, n = rows[("harness", "1 thread(s) fp32 eager - 2 fp32 eager", "test_loss 10")][3:]
     assert mean.startswith("+0.030 [") and sd == "0.020" and largest == "0.050" and n == "3"
-    assert rows[("harness", "train_loss 10")][3].startswith("+0.000")
-    assert rows[("reference", "test_loss 10")][1] == "1 thread(s) fp32 - 2 fp32"
-    assert rows[("reference", "test_loss 10")][3:] == ["+0.100", "-", "0.100", "1"]  # one pair: no interval, no sd
+    assert rows[("harness", "1 thread(s) fp32 eager - 2 fp32 eager", "train_loss 10")][3].startswith("+0.000")
+    compiled = rows[("harness", "2 thread(s) fp32 compiled - 2 fp32 eager", "test_loss 10")]
+    assert compiled[3].startswith("-0.030 [") and compiled[4:] == ["0.020", "0.050", "3"]
+    (reference,) = [r for k, r in rows.items() if k[0] == "reference" and k[2] == "test_loss 10"]
+    assert reference[1] == "1 thread(s) fp32 eager - 2 fp32 eager"
+    assert reference[3:] == ["+0.100", "-", "0.100", "1"]  # one pair: no interval, no sd
 
 
 def test_the_seed_loop_lands_on_pytorch_examples_first_epoch_at_seed_1() -> None:

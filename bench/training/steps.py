@@ -1,0 +1,236 @@
+"""One training step: the variant's objective, its gradient, Adam. Eager (the default), or with ``--compile``
+the whole step as one torch.compile graph.
+
+Why compile: eager PyTorch pays a fixed cost per op, and on a CPU with fast matrix units that cost is most of a
+step that is neither a product nor Adam (benchmarks/README.md, "The compiled step"). One graph lets inductor
+fuse the elementwise work of the forward pass, the backward pass and the update into a few loops.
+
+How the compiled step stays the harness's step:
+- The gradient is autograd's: ``torch.func.grad`` of the variant's own objective, the same derivative formulas
+  that ``.backward()`` runs, traced instead of executed op by op. No gradient is written by hand.
+- The noise: a torch.Generator cannot run inside a graph, so each step's draws are made outside it, from the
+  epoch's generator, in the shapes and order in which the estimator draws them (recorded once, on the first
+  batch), and the estimator takes them inside (variants.terms.supplied_noise). The draws are the eager step's.
+- Adam is FusedAdam's own state (bench.training.adam), updated in the graph as ``torch._fused_adam_`` computes
+  it, so checkpoints load either way. Moments below float32's least normal are set to zero in the same loop, at
+  every step, where adam.py's flush runs every 16th: free inside the update's loop, and no weight moves by it.
+- Static shapes: one graph for the full batches. The last, shorter batch of an epoch runs eagerly.
+- Checked before it is used: on the first batch, the traced gradient must match autograd's on the same draws.
+
+A variant that cannot be compiled as one graph (a graph break, an autograd.Function that torch.func cannot run, a
+draw from torch's global RNG, no compiler for the device) trains eagerly, with one line saying why. Compiled and eager
+steps differ in the last bits (inductor orders the sums of its fused loops differently), so a run resumed the
+other way does not match an uninterrupted one to the bit (bench.training.resume says so); compiled resumed
+compiled does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bench.core.config import TrainConfig
+from bench.training.adam import LEAST_NORMAL, FusedAdam, Optimizer
+from variants.model import VAE
+from variants.registry import Variant
+from variants.terms import record_draws, supplied_noise
+
+Step = Callable[[Tensor, torch.Generator], Tensor]  # (batch, the epoch's generator) -> (recon sum, kld sum)
+Draw = tuple[tuple[int, ...], torch.dtype, torch.device]
+# The traced gradient against autograd's on the first batch, as max |difference| / max |autograd's| per parameter:
+# rounding passes, another formula fails. Measured over 8 batches each: fp32 at most 3e-7 (sgvb_b) and 1e-5
+# (iwae_dreg_k5, whose torch.func form is its two-pass one); bf16 0 to 4e-4 (sgvb_b) and 6.7e-3 (iwae_dreg_k5).
+GRADIENT_RTOL = {"fp32": 1e-4, "bf16": 5e-2}
+
+
+def precision_context(cfg: TrainConfig) -> contextlib.AbstractContextManager[Any]:
+    """bf16: autocast the matrix products (the losses and Adam stay float32)."""
+    if cfg.precision == "bf16":
+        return torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def eager_step(variant: Variant, model: VAE, opt: Optimizer, cfg: TrainConfig) -> Step:
+    """The step as PyTorch runs it op by op: the objective summed over the batch (the seed's reduction='sum'),
+    backward, Adam."""
+    def step(xb: Tensor, gen: torch.Generator) -> Tensor:
+        with precision_context(cfg):
+            terms = variant.estimate(model, xb, gen)
+        opt.zero_grad(set_to_none=True)
+        terms.objective.sum().backward()
+        opt.step()
+        return torch.stack((terms.recon.sum(), terms.kld.sum())).detach()
+
+    return step
+
+
+class _Objective(nn.Module):
+    """The variant's objective as a module, so that torch.func.functional_call can run it at given parameters."""
+
+    def __init__(self, variant: Variant, model: VAE, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.model, self.variant, self.cfg = model, variant, cfg
+        self.gen: torch.Generator | None = None  # the probe's draws; inside the graph the noise is supplied
+
+    def forward(self, xb: Tensor) -> tuple[Tensor, Tensor]:
+        with precision_context(self.cfg):
+            terms = self.variant.estimate(self.model, xb, self.gen)
+        return terms.objective.sum(), torch.stack((terms.recon.sum(), terms.kld.sum())).detach()
+
+
+@contextlib.contextmanager
+def _global_rng_kept(device: torch.device) -> Iterator[dict[str, bool]]:
+    """Restores torch's global RNG (CPU, and the device's) on exit, having set ["drew"]: did anything draw?"""
+    cuda = device.type == "cuda"
+    cpu_state, cuda_state = torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None
+    seen = {"drew": False}
+    try:
+        yield seen
+    finally:
+        seen["drew"] = not (torch.equal(torch.get_rng_state(), cpu_state)
+                            and (cuda_state is None or torch.equal(torch.cuda.get_rng_state(device), cuda_state)))
+        torch.set_rng_state(cpu_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state, device)
+
+
+class CompiledStep:
+    """The step as one torch.compile graph (module docstring), with the eager step for the last short batch and
+    for a variant that cannot be compiled. Call it as an eager step."""
+
+    def __init__(self, variant: Variant, model: VAE, opt: Optimizer, cfg: TrainConfig,
+                 log: Callable[[str], None] = print) -> None:
+        self.variant, self.model, self.opt, self.cfg, self.log = variant, model, opt, cfg, log
+        self.eager = eager_step(variant, model, opt, cfg)
+        self.batch_size = cfg.batch_size
+        self.compiled: Callable[..., Tensor] | None = None
+        self.draws: list[Draw] = []
+        self.fallback: str | None = None if isinstance(opt, FusedAdam) else "its optimiser is not FusedAdam"
+        self.compile_seconds = 0.0
+        self.names: list[str] = []  # the parameters the graph updates
+        self.lr = torch.tensor(opt.lr if isinstance(opt, FusedAdam) else 0.0)  # an input: a new lr is no new graph
+
+    def __call__(self, xb: Tensor, gen: torch.Generator) -> Tensor:
+        if self.fallback is not None or len(xb) != self.batch_size:
+            return self.eager(xb, gen)
+        if self.compile_seconds:
+            noise = [torch.randn(shape, generator=gen, dtype=dtype, device=device)
+                     for shape, dtype, device in self.draws]
+            return self.compiled(xb, noise, self.lr)  # type: ignore[misc]
+        return self._first(xb, gen)
+
+    def _first(self, xb: Tensor, gen: torch.Generator) -> Tensor:
+        """The first full batch: probe, build, compile and run, all timed as compile_seconds (torch._dynamo's
+        import, seconds of CPU, included: it is paid once per process); or fall back, saying why."""
+        t0 = time.perf_counter()
+        self.log("--compile: compiling the training step (tens of seconds the first time on a machine, a few "
+                 "after: inductor caches it on disk)")
+        self.fallback = self._prepare(xb)
+        if self.fallback is not None:
+            self.log(f"--compile: {self.variant.name} trains eagerly: {self.fallback}")
+            return self.eager(xb, gen)
+        noise = [torch.randn(shape, generator=gen, dtype=dtype, device=device) for shape, dtype, device in self.draws]
+        try:
+            sums = self.compiled(xb, noise, self.lr)  # type: ignore[misc]  # compiles; on failure nothing has moved
+        except Exception as e:  # dynamo and inductor raise many kinds; KeyboardInterrupt passes through
+            self.fallback = f"it does not compile as one graph ({type(e).__name__}: {_first_line(e)})"
+            self.log(f"--compile: {self.variant.name} trains eagerly: {self.fallback}")
+            with supplied_noise(noise):  # the draws this step has already taken from gen
+                return self.eager(xb, None)  # type: ignore[arg-type]
+        self.compile_seconds = time.perf_counter() - t0
+        self.log(f"--compile: the step compiled in {self.compile_seconds:.1f} s")
+        return sums
+
+    def _prepare(self, xb: Tensor) -> str | None:
+        """Records the estimator's draws and checks the traced gradient on this batch; builds the compiled
+        function. Returns why the step cannot be compiled, or None. Moves no parameter and draws from no RNG the
+        run uses (Adam's state is made as its first step would make it)."""
+        device = torch.device(self.cfg.device)
+        objective = _Objective(self.variant, self.model, self.cfg)
+        params = {n: p for n, p in objective.named_parameters() if p.requires_grad}  # a fixed variance is not
+        objective.gen = torch.Generator(device).manual_seed(0)
+        with _global_rng_kept(device) as rng, record_draws() as draws:
+            loss, _ = objective(xb.detach())
+        objective.gen = None
+        if rng["drew"]:
+            return "it draws from torch's global RNG, which a compiled graph would draw differently"
+        live = {n: g for n, g in zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True),
+                                     strict=True) if g is not None}
+        noise = [torch.randn(shape, dtype=dtype, device=device) for shape, dtype, device in draws]
+        frozen = {n: p.detach() for n, p in objective.named_parameters() if n not in live}
+
+        def traced_loss(p: dict[str, Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+            with supplied_noise(list(noise)):
+                return torch.func.functional_call(objective, {**p, **frozen}, (x,))
+
+        with _global_rng_kept(device):
+            with supplied_noise(list(noise)):
+                loss = objective(xb)[0]
+            reference = torch.autograd.grad(loss, [params[n] for n in live])
+            try:
+                traced = torch.func.grad(traced_loss, has_aux=True)({n: params[n].detach() for n in live}, xb)[0]
+            except Exception as e:  # e.g. an autograd.Function without setup_context
+                return f"torch.func cannot differentiate it ({type(e).__name__}: {_first_line(e)})"
+        for (name, want), got in zip(zip(live, reference, strict=True), traced.values(), strict=True):
+            scale = want.abs().max().item() or 1.0
+            if not (got - want).abs().max().item() <= GRADIENT_RTOL[self.cfg.precision] * scale:
+                return f"the traced gradient of {name} differs from autograd's (it computes otherwise under torch.func)"
+        self.draws = list(draws)
+        self.compiled = self._build(objective, params, live, frozen)
+        return None
+
+    def _build(self, objective: _Objective, params: dict[str, Tensor], live: dict[str, Tensor],
+               frozen: dict[str, Tensor]) -> Callable[..., Tensor]:
+        opt = self.opt
+        assert isinstance(opt, FusedAdam)
+        index = {id(p): i for i, p in enumerate(opt.params)}
+        names = [n for n in live if id(params[n]) in index]
+        self.names = names
+        weights = {n: params[n].detach() for n in names}  # the model's own storage: the graph updates it in place
+        state = {n: opt._state(index[id(params[n])], params[n]) for n in names}
+        beta1, beta2 = opt.betas
+        eps = opt.eps
+        self.lr = torch.tensor(opt.lr, device=torch.device(self.cfg.device))
+        grad_and_sums = torch.func.grad(
+            lambda p, x: torch.func.functional_call(objective, {**p, **frozen}, (x,)), has_aux=True)
+
+        def whole_step(xb: Tensor, noise: list[Tensor], lr: Tensor) -> Tensor:
+            with supplied_noise(noise):
+                grads, sums = grad_and_sums(weights, xb)
+            for n, g in grads.items():
+                s, p = state[n], weights[n]
+                m, v, t = s["exp_avg"], s["exp_avg_sq"], s["step"]
+                t.add_(1)
+                # Kingma & Ba (2015), Algorithm 1, in torch._fused_adam_'s order of operations:
+                #   m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
+                #   theta <- theta - (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                denom = v.sqrt() / torch.sqrt(1 - beta2**t) + eps
+                p.sub_(lr / (1 - beta1**t) * m / denom)
+                if opt.flush_subnormals:  # adam.py: a subnormal moment costs a microcode assist per multiply
+                    m.masked_fill_(m.abs() < LEAST_NORMAL, 0.0)
+                    v.masked_fill_(v.abs() < LEAST_NORMAL, 0.0)
+            return sums
+
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime is found"
+        torch._dynamo.reset()  # one compiled step per process at a time: dynamo would stop compiling after 8 models
+        cpu = torch.device(self.cfg.device).type == "cpu"
+        return torch.compile(whole_step, dynamic=False, fullgraph=True, options={"cpp_wrapper": cpu})
+
+
+def make_step(variant: Variant, model: VAE, opt: Optimizer, cfg: TrainConfig,
+              log: Callable[[str], None] = print) -> Step:
+    """The training step that ``cfg.compile`` asks for."""
+    return CompiledStep(variant, model, opt, cfg, log) if cfg.compile else eager_step(variant, model, opt, cfg)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:160] if text else "no message"
