@@ -3,6 +3,7 @@ on tiny runs, each in its own SQLite store; then the damage is counted.
 
     python scripts/fault_injection.py                 # a quick pass (a few minutes on 2 cores)
     python scripts/fault_injection.py --trials 50     # 50 trials per case
+    python scripts/fault_injection.py --compile       # every run with --compile: signals land in its compile too
 
 Cases:
 - ``signal``: SIGINT or SIGTERM at a uniformly random moment of a run (start-up, epochs, checkpoint writes, the
@@ -226,7 +227,10 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=2, help="trials run at once (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random signal times")
     p.add_argument("--keep", action="store_true", help="keep the stores (printed) for inspection")
+    p.add_argument("--compile", action="store_true", help="train with --compile (resumes keep it)")
     args = p.parse_args()
+    if args.compile:
+        TRAIN.append("--compile")
     root = Path(tempfile.mkdtemp(prefix="vae-bench-faults-"))
     empty = root / "empty.db"
     MlflowClient(f"sqlite:///{empty}").search_experiments()  # one schema migration, copied into every store
