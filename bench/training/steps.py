@@ -59,8 +59,10 @@ def precision_context(cfg: TrainConfig) -> contextlib.AbstractContextManager[Any
 def eager_step(variant: Variant, model: VAE, opt: Optimizer, cfg: TrainConfig) -> Step:
     """The step as PyTorch runs it op by op: the objective summed over the batch (the seed's reduction='sum'),
     backward, Adam."""
+    autocast = precision_context(cfg)  # made once, as the loop did: reused across steps
+
     def step(xb: Tensor, gen: torch.Generator) -> Tensor:
-        with precision_context(cfg):
+        with autocast:
             terms = variant.estimate(model, xb, gen)
         opt.zero_grad(set_to_none=True)
         terms.objective.sum().backward()
