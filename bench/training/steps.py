@@ -12,8 +12,10 @@ How the compiled step stays the harness's step:
   epoch's generator, in the shapes and order in which the estimator draws them (recorded once, on the first
   batch), and the estimator takes them inside (variants.terms.supplied_noise). The draws are the eager step's.
 - Adam is FusedAdam's own state (bench.training.adam), updated in the graph as ``torch._fused_adam_`` computes
-  it, so checkpoints load either way. Moments below float32's least normal are set to zero in the same loop, at
-  every step, where adam.py's flush runs every 16th: free inside the update's loop, and no weight moves by it.
+  it, so checkpoints load either way. Its bias corrections are computed once a step outside the graph, in double
+  as that kernel computes them (inside it, inductor recomputed them for every 16 floats). Moments below float32's
+  least normal are set to zero in the same loop, at every step, where adam.py's flush runs every 16th: free inside
+  the update's loop, and no weight moves by it.
 - Static shapes: one graph for the full batches. The last, shorter batch of an epoch runs eagerly.
 - Checked before it is used: on the first batch, the traced gradient must match autograd's on the same draws.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -116,16 +119,31 @@ class CompiledStep:
         self.fallback: str | None = None if isinstance(opt, FusedAdam) else "its optimiser is not FusedAdam"
         self.compile_seconds = 0.0
         self.names: list[str] = []  # the parameters the graph updates
-        self.lr = torch.tensor(opt.lr if isinstance(opt, FusedAdam) else 0.0)  # an input: a new lr is no new graph
+        self.t = 0  # Adam's step count, kept here too so that the bias corrections need no read from the device
 
     def __call__(self, xb: Tensor, gen: torch.Generator) -> Tensor:
-        if self.fallback is not None or len(xb) != self.batch_size:
+        if self.fallback is not None:
+            return self.eager(xb, gen)
+        if len(xb) != self.batch_size:
+            self.t += 1  # its Adam step counts
             return self.eager(xb, gen)
         if self.compile_seconds:
-            noise = [torch.randn(shape, generator=gen, dtype=dtype, device=device)
-                     for shape, dtype, device in self.draws]
-            return self.compiled(xb, noise, self.lr)  # type: ignore[misc]
+            return self._run(xb, self._noise(gen))
         return self._first(xb, gen)
+
+    def _noise(self, gen: torch.Generator) -> list[Tensor]:
+        return [torch.randn(shape, generator=gen, dtype=dtype, device=device) for shape, dtype, device in self.draws]
+
+    def _run(self, xb: Tensor, noise: list[Tensor]) -> Tensor:
+        """The graph, given Adam's bias corrections for this step, computed here once, in double as
+        torch._fused_adam_ computes them. In the graph, inductor recomputed them (two float pows) for every 16
+        floats of the update's loops, which made those loops 4x slower (benchmarks/README.md, "The compiled step
+        in the harness")."""
+        assert isinstance(self.opt, FusedAdam)
+        self.t += 1
+        (beta1, beta2), device = self.opt.betas, torch.device(self.cfg.device)
+        corrections = torch.tensor([self.opt.lr / (1 - beta1**self.t), math.sqrt(1 - beta2**self.t)], device=device)
+        return self.compiled(xb, noise, corrections)  # type: ignore[misc]
 
     def _first(self, xb: Tensor, gen: torch.Generator) -> Tensor:
         """The first full batch: probe, build, compile and run, all timed as compile_seconds (torch._dynamo's
@@ -137,9 +155,9 @@ class CompiledStep:
         if self.fallback is not None:
             self.log(f"--compile: {self.variant.name} trains eagerly: {self.fallback}")
             return self.eager(xb, gen)
-        noise = [torch.randn(shape, generator=gen, dtype=dtype, device=device) for shape, dtype, device in self.draws]
+        noise = self._noise(gen)
         try:
-            sums = self.compiled(xb, noise, self.lr)  # type: ignore[misc]  # compiles; on failure nothing has moved
+            sums = self._run(xb, noise)  # compiles; on failure nothing has moved
         except Exception as e:  # dynamo and inductor raise many kinds; KeyboardInterrupt passes through
             self.fallback = f"it does not compile as one graph ({type(e).__name__}: {_first_line(e)})"
             self.log(f"--compile: {self.variant.name} trains eagerly: {self.fallback}")
@@ -198,24 +216,24 @@ class CompiledStep:
         state = {n: opt._state(index[id(params[n])], params[n]) for n in names}
         beta1, beta2 = opt.betas
         eps = opt.eps
-        self.lr = torch.tensor(opt.lr, device=torch.device(self.cfg.device))
+        self.t = int(state[names[0]]["step"])  # every live parameter has taken the same steps
         grad_and_sums = torch.func.grad(
             lambda p, x: torch.func.functional_call(objective, {**p, **frozen}, (x,)), has_aux=True)
 
-        def whole_step(xb: Tensor, noise: list[Tensor], lr: Tensor) -> Tensor:
+        def whole_step(xb: Tensor, noise: list[Tensor], corrections: Tensor) -> Tensor:
             with supplied_noise(noise):
                 grads, sums = grad_and_sums(weights, xb)
+            step_size, bias_correction2_sqrt = corrections[0], corrections[1]  # lr / (1 - b1^t), sqrt(1 - b2^t)
             for n, g in grads.items():
                 s, p = state[n], weights[n]
-                m, v, t = s["exp_avg"], s["exp_avg_sq"], s["step"]
-                t.add_(1)
+                m, v = s["exp_avg"], s["exp_avg_sq"]
+                s["step"].add_(1)
                 # Kingma & Ba (2015), Algorithm 1, in torch._fused_adam_'s order of operations:
                 #   m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
                 #   theta <- theta - (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps)
                 m.lerp_(g, 1 - beta1)
                 v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                denom = v.sqrt() / torch.sqrt(1 - beta2**t) + eps
-                p.sub_(lr / (1 - beta1**t) * m / denom)
+                p.sub_(step_size * m / (v.sqrt() / bias_correction2_sqrt + eps))
                 if opt.flush_subnormals:  # adam.py: a subnormal moment costs a microcode assist per multiply
                     m.masked_fill_(m.abs() < LEAST_NORMAL, 0.0)
                     v.masked_fill_(v.abs() < LEAST_NORMAL, 0.0)

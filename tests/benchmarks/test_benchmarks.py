@@ -146,6 +146,22 @@ def test_profile_groups_every_op_and_the_shares_add_up() -> None:
     assert copies and all(line.startswith("| ") and line.count("|") == 4 for line in copies)
 
 
+def test_the_compiled_profile_names_inductors_loops_and_the_products_they_call() -> None:
+    """profile_step.py --compile: the compiled step's events fall in their parts (the products called from the
+    graph, Adam's fused loops, the other loops, the compiled call), and its shares add up too."""
+    profile_step = pytest.importorskip("profile_step")
+    assert profile_step.category("aoti_torch_cpu_addmm_out") == "GEMM"
+    assert profile_step.category("graph_0_cpp_fused_abs_add_copy__div_fma_lerp_lt_masked_fill_10") == (
+        "fused update (Adam)")
+    assert profile_step.category("graph_0_cpp_fused_relu_threshold_backward_view_5") == "fused elementwise"
+    assert profile_step.category("TorchDynamo Cache Lookup") == "the compiled call (guards, wrapper)"
+    table = profile_step.profile_table("fp32", steps=2, top=3, compiled=True)
+    assert table.startswith("### fp32, compiled:")
+    parts = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.endswith("% |")}
+    assert {"GEMM", "fused update (Adam)", "fused elementwise", "index_select"} <= set(parts)
+    assert abs(sum(float(line.split(" | ")[-1].rstrip("% |")) for line in parts.values()) - 100) <= len(parts)
+
+
 def test_the_profile_counts_the_page_faults_a_fresh_buffer_takes() -> None:
     """minor_faults() is what tells an inflated profile: writing 4 MB of fresh anonymous memory (1024 pages that
     no process has touched) must show as at least that many faults."""
@@ -236,3 +252,29 @@ def test_tracking_cost_times_an_epochs_tracker_calls_on_a_real_store() -> None:
     assert all(float(rows[p][0]) > 0 for p in parts)
     total = float(rows["an epoch's tracking (the three above)"][0])
     assert abs(total - sum(float(rows[p][0]) for p in parts)) <= 0.15  # each rounded to 0.1 ms
+
+
+def test_step_ab_states_the_paired_difference_with_its_interval() -> None:
+    step_ab = pytest.importorskip("step_ab")
+    text = step_ab.paired_summary([2.0, 2.0, 3.0], [1.0, 1.5, 1.5])  # differences 1.0, 0.5, 1.5: mean 1.0, sd 0.5
+    half = 4.303 * 0.5 / 3**0.5  # t(0.975, 2)
+    assert "before - after +1.000 [" in text and "n = 3 paired blocks" in text
+    low, high = (float(x) for x in re.search(r"\[([-+0-9.]+), ([-+0-9.]+)\]", text).groups())
+    assert abs(low - (1 - half)) < 2e-3 and abs(high - (1 + half)) < 2e-3
+    assert "after / before 0.500 (median)" in text  # ratios 0.5, 0.75, 0.5
+
+
+def test_step_ab_times_this_checkouts_step_against_itself(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          tmp_path: Path) -> None:
+    """End to end, with this checkout's steps.py as the other side: both compile and run, one summary line."""
+    step_ab = pytest.importorskip("step_ab")
+    with pytest.raises(SystemExit, match="no steps.py at"):
+        step_ab.load_steps(tmp_path)
+    steps_py = Path(__file__).resolve().parents[2] / "bench" / "training" / "steps.py"
+    monkeypatch.setattr(sys, "argv", ["step_ab.py", "--before", str(steps_py), "--blocks", "2", "--steps", "2"])
+    step_ab.main()
+    line = capsys.readouterr().out.strip()
+    assert re.fullmatch(r"sgvb_b fp32, \d+ threads, 2 blocks of 2 steps: before [0-9.]+ ms a step \(median\), "
+                        r"after [0-9.]+; before - after .* \(95% t, n = 2 paired blocks\); after / before [0-9.]+ "
+                        r"\(median\)", line), line
