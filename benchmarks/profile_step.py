@@ -45,8 +45,6 @@ from step_budget import BATCH, VARIANT, step_contender  # noqa: E402
 
 GEMM = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::_addmm_activation")
 CASTS = ("aten::to", "aten::_to_copy", "aten::copy_", "aten::empty_strided", "aten::clone", "aten::contiguous")
-
-
 COMPILED_CALL = ("TorchDynamo Cache Lookup", "Torch-Compiled Region", "## Call CompiledFxGraph",
                  "AOTDispatcher Runtime Wrapper Prologue", "Pregraph bytecode")
 

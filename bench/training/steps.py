@@ -137,8 +137,8 @@ class CompiledStep:
     def _run(self, xb: Tensor, noise: list[Tensor]) -> Tensor:
         """The graph, given Adam's bias corrections for this step, computed here once, in double as
         torch._fused_adam_ computes them. In the graph, inductor recomputed them (two float pows) for every 16
-        floats of the update's loops, which made those loops 4x slower (benchmarks/README.md, "The compiled step
-        in the harness")."""
+        floats of the update's loops, which made those loops 2-4x slower (benchmarks/README.md, "The compiled step,
+        loop by loop")."""
         assert isinstance(self.opt, FusedAdam)
         self.t += 1
         (beta1, beta2), device = self.opt.betas, torch.device(self.cfg.device)
