@@ -119,13 +119,10 @@ class CompiledStep:
         self.fallback: str | None = None if isinstance(opt, FusedAdam) else "its optimiser is not FusedAdam"
         self.compile_seconds = 0.0
         self.names: list[str] = []  # the parameters the graph updates
-        self.t = 0  # Adam's step count, kept here too so that the bias corrections need no read from the device
+        self.adam_step: Tensor | None = None  # Adam's step count (a tensor on the device), read by _run
 
     def __call__(self, xb: Tensor, gen: torch.Generator) -> Tensor:
-        if self.fallback is not None:
-            return self.eager(xb, gen)
-        if len(xb) != self.batch_size:
-            self.t += 1  # its Adam step counts
+        if self.fallback is not None or len(xb) != self.batch_size:
             return self.eager(xb, gen)
         if self.compile_seconds:
             return self._run(xb, self._noise(gen))
@@ -135,14 +132,11 @@ class CompiledStep:
         return [torch.randn(shape, generator=gen, dtype=dtype, device=device) for shape, dtype, device in self.draws]
 
     def _run(self, xb: Tensor, noise: list[Tensor]) -> Tensor:
-        """The graph, given Adam's bias corrections for this step, computed here once, in double as
-        torch._fused_adam_ computes them. In the graph, inductor recomputed them (two float pows) for every 16
-        floats of the update's loops, which made those loops 2-4x slower (benchmarks/README.md, "The compiled step,
-        loop by loop")."""
-        assert isinstance(self.opt, FusedAdam)
-        self.t += 1
-        (beta1, beta2), device = self.opt.betas, torch.device(self.cfg.device)
-        corrections = torch.tensor([self.opt.lr / (1 - beta1**self.t), math.sqrt(1 - beta2**self.t)], device=device)
+        """The graph, given Adam's bias corrections for this step, computed here once: in the graph, inductor
+        recomputed them (two float pows) for every 16 floats of the update's loops, which made those loops 2-4x
+        slower (benchmarks/README.md, "The compiled step, loop by loop")."""
+        assert isinstance(self.opt, FusedAdam) and self.adam_step is not None
+        corrections = bias_corrections(self.adam_step, self.opt.lr, self.opt.betas)
         return self.compiled(xb, noise, corrections)  # type: ignore[misc]
 
     def _first(self, xb: Tensor, gen: torch.Generator) -> Tensor:
@@ -216,7 +210,7 @@ class CompiledStep:
         state = {n: opt._state(index[id(params[n])], params[n]) for n in names}
         beta1, beta2 = opt.betas
         eps = opt.eps
-        self.t = int(state[names[0]]["step"])  # every live parameter has taken the same steps
+        self.adam_step = state[names[0]]["step"]  # every live parameter takes the same steps
         grad_and_sums = torch.func.grad(
             lambda p, x: torch.func.functional_call(objective, {**p, **frozen}, (x,)), has_aux=True)
 
@@ -243,6 +237,25 @@ class CompiledStep:
         torch._dynamo.reset()  # one compiled step per process at a time: dynamo would stop compiling after 8 models
         cpu = torch.device(self.cfg.device).type == "cpu"
         return torch.compile(whole_step, dynamic=False, fullgraph=True, options={"cpp_wrapper": cpu})
+
+
+def bias_corrections(step: Tensor, lr: float, betas: tuple[float, float]) -> Tensor:
+    """Adam's step size lr / (1 - b1^t) and sqrt(1 - b2^t) for the step after Adam's count ``step``, in double as
+    torch._fused_adam_ computes them, as 2 float32 on ``step``'s device."""
+    if step.device.type == "cpu":  # reading the count costs nothing here, and Python's floats are doubles
+        return corrections_on_host(step.item() + 1, lr, betas)
+    return corrections_on_device(step, lr, betas)
+
+
+def corrections_on_host(t: float, lr: float, betas: tuple[float, float]) -> Tensor:
+    return torch.tensor([lr / (1 - betas[0] ** t), math.sqrt(1 - betas[1] ** t)])
+
+
+def corrections_on_device(step: Tensor, lr: float, betas: tuple[float, float]) -> Tensor:
+    """The same where a read of the count, or a copy from the host, would wait for a GPU's queued work (on the CPU
+    these 7 small ops take 0.025 ms, the read and the copy 0.003)."""
+    t = step.double() + 1
+    return torch.stack((lr / (1 - betas[0] ** t), torch.sqrt(1 - betas[1] ** t))).float()
 
 
 def make_step(variant: Variant, model: VAE, opt: Optimizer, cfg: TrainConfig,

@@ -19,6 +19,7 @@ from bench.core.data import MNIST
 from bench.run import PROG
 from bench.run import main as run_main
 from bench.tracking.tracker import MemoryTracker
+from bench.training import steps
 from bench.training.loop import build, train
 from bench.training.steps import CompiledStep, eager_step
 from variants import get_variant, registry
@@ -80,6 +81,21 @@ def test_each_compiled_step_follows_the_eager_step_from_the_same_weights(name: s
     assert compiled.fallback is None and compiled.compile_seconds > 0
     assert lines[0].startswith("--compile: compiling the training step")
     assert lines[1:] == [f"--compile: the step compiled in {compiled.compile_seconds:.1f} s"]
+
+
+def test_the_bias_corrections_are_the_same_computed_on_the_host_or_on_the_device() -> None:
+    """Adam's corrections as the graph takes them: from Python's doubles on the CPU, from the step tensor in float64
+    elsewhere (that path runs here on a CPU tensor); both equal, to the bit, at every 7th step up to 50,000."""
+    lr, betas = 1e-3, (0.9, 0.999)
+    counts = torch.arange(0, 50_000, 7, dtype=torch.float32)  # Adam's count before the step
+    for count in counts:
+        step = count.clone()
+        want = steps.corrections_on_host(float(count) + 1, lr, betas)
+        assert torch.equal(steps.corrections_on_device(step, lr, betas), want), float(count)
+        assert torch.equal(steps.bias_corrections(step, lr, betas), want)
+    t = 4689.0
+    assert steps.corrections_on_host(t, lr, betas).tolist() == pytest.approx(
+        [lr / (1 - 0.9**t), (1 - 0.999**t) ** 0.5], rel=1e-7)
 
 
 def test_a_short_batch_runs_the_eager_step_to_the_bit(mnist: MNIST) -> None:
