@@ -35,13 +35,10 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.core.allocator import keep_freed_memory  # noqa: E402
-from bench.core.config import TrainConfig  # noqa: E402
 from bench.core.data import load_mnist  # noqa: E402
-from bench.training.loop import build  # noqa: E402
-from bench.training.steps import make_step  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_budget import BATCH, VARIANT, step_contender  # noqa: E402
+from step_budget import compiled_step_contender, step_contender  # noqa: E402
 
 GEMM = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::_addmm_activation")
 CASTS = ("aten::to", "aten::_to_copy", "aten::copy_", "aten::empty_strided", "aten::clone", "aten::contiguous")
@@ -81,21 +78,9 @@ def step_fn(precision: str, compiled: bool = False) -> Callable[[], None]:
     import torch._inductor.config as inductor_config
 
     inductor_config.cpp.enable_kernel_profile = True  # each fused loop a profiler event, by its kernel's name
-    cfg = TrainConfig(seed=1, precision=precision, compile=True)
-    model, opt = build(VARIANT, cfg)
-    compiled_step = make_step(VARIANT, model, opt, cfg, log=lambda _: None)
-    perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(1))
-    gen = torch.Generator().manual_seed(1)
-
-    def step() -> None:
-        j = (next(steps) * BATCH) % (len(train_x) - BATCH)
-        compiled_step(train_x.index_select(0, perm[j:j + BATCH]), gen)
-
-    step()  # compiles (a few seconds with inductor's disk cache warm, tens without)
-    why = getattr(compiled_step, "fallback", None)
-    if why:
-        raise SystemExit(f"profile_step.py: the step did not compile: {why}")
-    return step
+    compiled_step = compiled_step_contender(precision, train_x)
+    compiled_step(next(steps))  # compiles (a few seconds with inductor's disk cache warm, tens without)
+    return lambda: compiled_step(next(steps))
 
 
 def minor_faults() -> int:

@@ -30,13 +30,11 @@ from scipy import stats as sps
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.core.allocator import keep_freed_memory  # noqa: E402
-from bench.core.config import TrainConfig  # noqa: E402
 from bench.core.data import load_mnist  # noqa: E402
 from bench.training import steps as this_steps  # noqa: E402
-from bench.training.loop import build  # noqa: E402
-from variants import get_variant  # noqa: E402
 
-BATCH = 128
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_budget import compiled_step_contender  # noqa: E402
 
 
 def load_steps(before: Path) -> ModuleType:
@@ -54,19 +52,12 @@ def load_steps(before: Path) -> ModuleType:
 def block_timer(module: ModuleType, precision: str, train_x: torch.Tensor, variant: str) -> Callable[[int, int], float]:
     """A fresh model, Adam and compiled step from ``module``; the returned function runs steps [start, start + n)
     and gives ms a step. Every side sees the same batch at the same step index."""
-    v, cfg = get_variant(variant), TrainConfig(seed=1, precision=precision, compile=True)
-    model, opt = build(v, cfg)
-    step = module.CompiledStep(v, model, opt, cfg, lambda _: None)
-    perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(1))
-    gen = torch.Generator().manual_seed(1)
+    step = compiled_step_contender(precision, train_x, module, variant)
 
     def run(start: int, n: int) -> float:
         t0 = time.perf_counter()
         for i in range(start, start + n):
-            j = (i * BATCH) % (len(train_x) - BATCH)
-            step(train_x.index_select(0, perm[j:j + BATCH]), gen)
-        if step.fallback is not None:
-            raise SystemExit(f"step_ab.py: a step did not compile: {step.fallback}")
+            step(i)
         return (time.perf_counter() - t0) * 1e3 / n
 
     return run

@@ -31,6 +31,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from tabulate import tabulate
@@ -40,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 from bench.core.allocator import keep_freed_memory  # noqa: E402
 from bench.core.config import TrainConfig  # noqa: E402
 from bench.core.data import load_mnist  # noqa: E402
+from bench.training import steps  # noqa: E402
 from bench.training.adam import FusedAdam  # noqa: E402
 from bench.training.loop import build  # noqa: E402
 from variants import get_variant  # noqa: E402
@@ -73,6 +75,26 @@ def step_contender(precision: str, train_x: torch.Tensor, freeze_fc1: bool = Fal
         opt.zero_grad(set_to_none=True)
         terms.objective.sum().backward()
         opt.step()
+
+    return step
+
+
+def compiled_step_contender(precision: str, train_x: torch.Tensor, steps_module: ModuleType = steps,
+                            variant: str = "sgvb_b") -> Callable[[int], None]:
+    """The step that ``bench.run --compile`` runs (``steps_module.CompiledStep``: this checkout's, or another's for
+    step_ab.py), on step_contender's batches, called with the step's index. Exits with one line if it fell back to
+    eager. profile_step.py --compile and step_ab.py time this same step."""
+    v, cfg = get_variant(variant), TrainConfig(seed=1, precision=precision, compile=True)
+    model, opt = build(v, cfg)
+    compiled = steps_module.CompiledStep(v, model, opt, cfg, lambda _: None)
+    perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+
+    def step(i: int) -> None:
+        j = (i * BATCH) % (len(train_x) - BATCH)
+        compiled(train_x.index_select(0, perm[j:j + BATCH]), gen)
+        if compiled.fallback is not None:
+            raise SystemExit(f"{Path(sys.argv[0]).name}: the step did not compile: {compiled.fallback}")
 
     return step
 
