@@ -20,10 +20,11 @@ How the compiled step stays the harness's step:
 - Checked before it is used: on the first batch, the traced gradient must match autograd's on the same draws.
 
 A variant that cannot be compiled as one graph (a graph break, an autograd.Function that torch.func cannot run, a
-draw from torch's global RNG, no compiler for the device) trains eagerly, with one line saying why. Compiled and eager
-steps differ in the last bits (inductor orders the sums of its fused loops differently), so a run resumed the
-other way does not match an uninterrupted one to the bit (bench.training.resume says so); compiled resumed
-compiled does.
+draw from torch's global RNG, no compiler for the device) trains eagerly, with one line saying why. A graph whose
+guards fail later (the step read Python state that has changed) is rebuilt up to twice; then the run trains eagerly
+from that step, with one line (CompiledStep._steady). Compiled and eager steps differ in the last bits (inductor
+orders the sums of its fused loops differently), so a run resumed the other way does not match an uninterrupted one
+to the bit (bench.training.resume says so); compiled resumed compiled does.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -50,6 +52,8 @@ Draw = tuple[tuple[int, ...], torch.dtype, torch.device]
 # rounding passes, another formula fails. Measured over 8 batches each: fp32 at most 3e-7 (sgvb_b) and 1e-5
 # (iwae_dreg_k5, whose torch.func form is its two-pass one); bf16 0 to 4e-4 (sgvb_b) and 6.7e-3 (iwae_dreg_k5).
 GRADIENT_RTOL = {"fp32": 1e-4, "bf16": 5e-2}
+# Rebuilds of the graph that a run takes before it trains eagerly (CompiledStep._steady).
+REBUILDS_ALLOWED = 2
 
 
 def precision_context(cfg: TrainConfig) -> contextlib.AbstractContextManager[Any]:
@@ -120,13 +124,46 @@ class CompiledStep:
         self.compile_seconds = 0.0
         self.names: list[str] = []  # the parameters the graph updates
         self.adam_step: Tensor | None = None  # Adam's step count (a tensor on the device), read by _run
+        self.rebuilds = 0  # graphs built after the first, for Python state that changed (_steady)
 
     def __call__(self, xb: Tensor, gen: torch.Generator) -> Tensor:
         if self.fallback is not None or len(xb) != self.batch_size:
             return self.eager(xb, gen)
         if self.compile_seconds:
-            return self._run(xb, self._noise(gen))
+            return self._steady(xb, self._noise(gen))
         return self._first(xb, gen)
+
+    def _steady(self, xb: Tensor, noise: list[Tensor]) -> Tensor:
+        """A step after the first. If the graph's guards fail (the step read Python state that has changed since
+        it was traced: a plugin's schedule kept in a global, a flag flipped), dynamo would rebuild the graph,
+        seconds each time, and after 8 rebuilds stop the run with a traceback. So the rebuild is counted: up to
+        REBUILDS_ALLOWED of them are compiled (a flag flipped once costs seconds, not the run's speed); beyond,
+        the run trains eagerly from this step, with one line saying why. Nothing has moved when the guards fail."""
+        try:
+            with torch.compiler.set_stance("fail_on_recompile"):  # ~8 us a step: the guards' failure is raised
+                return self._run(xb, noise)
+        except RuntimeError as e:
+            if "fail_on_recompile" not in str(e):
+                raise
+            why = _guard_failure(e)
+        self.rebuilds += 1
+        if self.rebuilds <= REBUILDS_ALLOWED:
+            t0 = time.perf_counter()
+            try:
+                sums = self._run(xb, noise)  # rebuilds the graph for the new state; on failure nothing has moved
+            except Exception as e:  # the new state does not compile as one graph
+                why = f"it does not compile as one graph after {why} ({type(e).__name__}: {_first_line(e)})"
+            else:
+                seconds = time.perf_counter() - t0
+                self.compile_seconds += seconds
+                self.log(f"--compile: the step was rebuilt in {seconds:.1f} s ({why})")
+                return sums
+        else:
+            why = f"its step reads Python state that changes between steps ({why})"
+        self.fallback = why
+        self.log(f"--compile: {self.variant.name} trains eagerly from here: {self.fallback}")
+        with supplied_noise(noise):  # the draws this step has already taken from gen
+            return self.eager(xb, None)  # type: ignore[arg-type]
 
     def _noise(self, gen: torch.Generator) -> list[Tensor]:
         return [torch.randn(shape, generator=gen, dtype=dtype, device=device) for shape, dtype, device in self.draws]
@@ -262,6 +299,21 @@ def make_step(variant: Variant, model: VAE, opt: Optimizer, cfg: TrainConfig,
               log: Callable[[str], None] = print) -> Step:
     """The training step that ``cfg.compile`` asks for."""
     return CompiledStep(variant, model, opt, cfg, log) if cfg.compile else eager_step(variant, model, opt, cfg)
+
+
+def _guard_failure(e: RuntimeError) -> str:
+    """The first failed guard in dynamo's fail_on_recompile message, whose lines read "- 0/0: <guard>  # <source
+    line>  # <file>:<line> in <function>", as "<guard> no longer holds, <file>:<line> in <function>"."""
+    for line in str(e).splitlines():
+        line = line.strip()
+        if line.startswith("- ") and ":" in line:
+            guard, *notes = line.split(":", 1)[1].split("#")
+            guard = re.sub(r"G\['__import_\w+'\]\.", "", " ".join(guard.split()))  # a plugin's global by its name
+            where = notes[-1].split() if notes else []
+            if len(where) >= 3 and where[1] == "in":
+                return f"{guard[:120]} no longer holds, {where[0].rsplit('/', 1)[-1]} in {where[2]}"
+            return f"{guard[:120]} no longer holds"
+    return "a guard of the graph failed"
 
 
 def _first_line(e: BaseException) -> str:

@@ -278,3 +278,26 @@ def test_step_ab_times_this_checkouts_step_against_itself(monkeypatch: pytest.Mo
     assert re.fullmatch(r"sgvb_b fp32, \d+ threads, 2 blocks of 2 steps: before [0-9.]+ ms a step \(median\), "
                         r"after [0-9.]+; before - after .* \(95% t, n = 2 paired blocks\); after / before [0-9.]+ "
                         r"\(median\)", line), line
+
+
+def test_compiled_call_takes_the_step_apart_and_its_guards_pass_by_hand(monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """End to end: the harness's call, the guards checked by hand with dynamo's code run, and the graph alone each
+    train (the weights move), the guards pass by hand, and the summary has its three paired differences."""
+    compiled_call = pytest.importorskip("compiled_call")
+    calls = compiled_call.taken_apart("fp32")
+    assert calls["guards"]() is True
+    for way in ("harness", "by hand", "graph"):
+        sums = calls[way]()
+        sums = sums[0] if isinstance(sums, (list, tuple)) else sums  # the graph returns its outputs as a list
+        assert sums.shape == (2,) and bool(torch.isfinite(sums).all()), way
+    monkeypatch.setattr(sys, "argv", ["compiled_call.py", "--blocks", "2", "--steps", "2"])
+    compiled_call.main()
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert re.fullmatch(r"sgvb_b fp32, \d+ threads, 2 blocks of 2 steps each way; ms a step \(medians\): "
+                        r"harness [0-9.]+, by hand [0-9.]+, graph [0-9.]+", lines[0]), lines[0]
+    assert [line.split(":")[0] for line in lines[1:4]] == ["  harness - graph", "  harness - by hand",
+                                                          "  by hand - graph"]
+    assert all("(95% t, n = 2 paired blocks)" in line for line in lines[1:4])
+    assert re.fullmatch(r"  the guard check alone: \d+ us after a step \(median of 2\), \d+ us warm \(back to back\)",
+                        lines[4]), lines[4]
