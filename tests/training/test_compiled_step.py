@@ -197,22 +197,22 @@ def _kl_warm_up(model: Any, x: Tensor, samples: int, gen: torch.Generator | None
     return dataclasses.replace(terms, surrogate=terms.recon + SCHEDULE["beta"] * terms.kld)
 
 
-def test_a_variant_whose_python_state_moves_is_rebuilt_twice_then_trains_eagerly_with_one_line(
-        mnist: MNIST, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The graph bakes in the Python values it read; its guards catch a change. Each step's gradient (read from
-    Adam's moments) is autograd's at the schedule's current beta: two rebuilds, then the eager step from the third
-    change on, where dynamo would rebuild at every step and stop the run with a traceback at the ninth."""
-    monkeypatch.setitem(ESTIMATORS, "_kl_warm_up", _kl_warm_up)
-    monkeypatch.setattr(registry, "ESTIMATOR_NAMES", [*registry.ESTIMATOR_NAMES, "_kl_warm_up"])
+def _under_a_schedule(estimator: Any, betas: list[float], mnist: MNIST,
+                      monkeypatch: pytest.MonkeyPatch) -> tuple[CompiledStep, list[str]]:
+    """A compiled and an eager step of ``estimator`` (registered as a plugin's is), step by step from the same
+    weights with SCHEDULE["beta"] set to each of ``betas`` in turn: each step's gradient (read from Adam's moments)
+    must be autograd's at the current beta. Returns the compiled step and its lines."""
+    monkeypatch.setitem(ESTIMATORS, estimator.__name__, estimator)
+    monkeypatch.setattr(registry, "ESTIMATOR_NAMES", [*registry.ESTIMATOR_NAMES, estimator.__name__])
     monkeypatch.setitem(SCHEDULE, "beta", 0.0)
-    variant = Variant("warm_up", "a user's KL warm-up", "_kl_warm_up")
+    variant = Variant("scheduled", "a user's estimator", estimator.__name__)
     cfg = TrainConfig(batch_size=BATCH, compile=True)
     (eager_model, eager_opt), (model, opt) = build(variant, cfg), build(variant, cfg)
     lines: list[str] = []
     eager, compiled = eager_step(variant, eager_model, eager_opt, cfg), CompiledStep(variant, model, opt, cfg,
                                                                                    lines.append)
     gen_e, gen_c = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    for k, beta in enumerate([0.0, 0.0, 0.25, 0.5, *[i / 10 for i in range(6, 13)]]):  # 9 changes
+    for k, beta in enumerate(betas):
         SCHEDULE["beta"] = beta
         xb = mnist.train_x[k * BATCH:(k + 1) * BATCH]
         eager(xb, gen_e), compiled(xb, gen_c)
@@ -220,11 +220,21 @@ def test_a_variant_whose_python_state_moves_is_rebuilt_twice_then_trains_eagerly
         for i in opt.state:
             assert relative_gap(eager_opt.state[i]["exp_avg"], opt.state[i]["exp_avg"]) < 1e-4, (k, i)
         copy_state(eager_model, eager_opt, model, opt)
+    return compiled, lines
+
+
+def test_a_variant_whose_python_state_moves_is_rebuilt_twice_then_trains_eagerly_with_one_line(
+        mnist: MNIST, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The graph bakes in the Python values it read; its guards catch a change: two rebuilds, then the eager step
+    from the third change on, where dynamo would rebuild at every step and stop the run with a traceback at the
+    ninth. Every step follows autograd at the current beta."""
+    betas = [0.0, 0.0, 0.25, 0.5, *[i / 10 for i in range(6, 13)]]  # 9 changes
+    compiled, lines = _under_a_schedule(_kl_warm_up, betas, mnist, monkeypatch)
     assert compiled.rebuilds == 3 and compiled.fallback is not None
     held = "SCHEDULE['beta'] == {} no longer holds, test_compiled_step.py:"
     assert all(re.fullmatch(r"--compile: the step was rebuilt in \d+\.\d s \(.+\)", line) for line in lines[2:4])
     assert held.format(0.0) in lines[2] and held.format(0.25) in lines[3] and "in _kl_warm_up)" in lines[3]
-    assert lines[4].startswith("--compile: warm_up trains eagerly from here: its step reads Python state that "
+    assert lines[4].startswith("--compile: scheduled trains eagerly from here: its step reads Python state that "
                                "changes between steps (" + held.format(0.5)), lines[4]
     assert len(lines) == 5
 
@@ -238,26 +248,10 @@ def _breaks_the_graph_when_told(model: Any, x: Tensor, samples: int, gen: torch.
 
 def test_a_rebuild_that_does_not_compile_trains_eagerly_from_that_step_with_one_line(
         mnist: MNIST, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(ESTIMATORS, "_breaks_the_graph_when_told", _breaks_the_graph_when_told)
-    monkeypatch.setattr(registry, "ESTIMATOR_NAMES", [*registry.ESTIMATOR_NAMES, "_breaks_the_graph_when_told"])
-    monkeypatch.setitem(SCHEDULE, "beta", 0.0)
-    variant = Variant("breaks_later", "a user's estimator", "_breaks_the_graph_when_told")
-    cfg = TrainConfig(batch_size=BATCH, compile=True)
-    (eager_model, eager_opt), (model, opt) = build(variant, cfg), build(variant, cfg)
-    lines: list[str] = []
-    eager, compiled = eager_step(variant, eager_model, eager_opt, cfg), CompiledStep(variant, model, opt, cfg,
-                                                                                   lines.append)
-    gen_e, gen_c = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    for k, beta in enumerate([0.0, 0.0, 0.75, 0.75]):
-        SCHEDULE["beta"] = beta
-        xb = mnist.train_x[k * BATCH:(k + 1) * BATCH]
-        eager(xb, gen_e), compiled(xb, gen_c)
-        assert torch.equal(gen_e.get_state(), gen_c.get_state())
-        for i in opt.state:
-            assert relative_gap(eager_opt.state[i]["exp_avg"], opt.state[i]["exp_avg"]) < 1e-4, (k, i)
-        copy_state(eager_model, eager_opt, model, opt)
+    """The new state takes a Python branch on a value: the rebuild fails, and that step and the rest run eagerly."""
+    compiled, lines = _under_a_schedule(_breaks_the_graph_when_told, [0.0, 0.0, 0.75, 0.75], mnist, monkeypatch)
     assert compiled.rebuilds == 1 and len(lines) == 3, lines
-    assert lines[2].startswith("--compile: breaks_later trains eagerly from here: it does not compile as one graph "
+    assert lines[2].startswith("--compile: scheduled trains eagerly from here: it does not compile as one graph "
                                "after SCHEDULE['beta'] == 0.0 no longer holds, test_compiled_step.py:"), lines[2]
 
 
