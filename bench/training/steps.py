@@ -231,7 +231,8 @@ class CompiledStep:
         for (name, want), got in zip(zip(live, reference, strict=True), traced.values(), strict=True):
             scale = want.abs().max().item() or 1.0
             if not (got - want).abs().max().item() <= GRADIENT_RTOL[self.cfg.precision] * scale:
-                return f"the traced gradient of {name} differs from autograd's (it computes otherwise under torch.func)"
+                return (f"the traced gradient of {name} differs from autograd's (it computes otherwise under "
+                        "torch.func, or reads state that moved between the two)")
         self.draws = list(draws)
         self.compiled = self._build(objective, params, live, frozen)
         return None
