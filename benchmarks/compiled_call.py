@@ -8,8 +8,8 @@ Three ways to run the same compiled step on the same batch, in interleaved block
 - by hand: the guards of dynamo's cache entry checked from Python, then that generated code run as a function:
   what dynamo does when the guards pass, without its wrapper and frame callback;
 - graph: the compiled graph alone (the function dynamo's code calls), with the inputs dynamo gave it.
-Then the guard check alone: in the loop (just after a step, on the caches the step's 8 MB of weights, moments and
-activations have just flushed) and warm (checked back to back). Prints the paired differences with their 95%
+Then the guard check alone: in the loop (just after a step, on the caches the step's 10 MB of weights, gradients
+and moments have just flushed) and warm (checked back to back). Prints the paired differences with their 95%
 t-intervals over the blocks.
 
 It reads dynamo's internals to take the call apart (its cache entries, the compiled function it installs in
