@@ -160,9 +160,13 @@ class CompiledStep:
                 return sums
         else:
             why = f"its step reads Python state that changes between steps ({why})"
+        return self._eager_from_here(xb, noise, why, " from here")
+
+    def _eager_from_here(self, xb: Tensor, noise: list[Tensor], why: str, when: str) -> Tensor:
+        """This step and the rest of the run eagerly, on the draws this step has already taken from gen."""
         self.fallback = why
-        self.log(f"--compile: {self.variant.name} trains eagerly from here: {self.fallback}")
-        with supplied_noise(noise):  # the draws this step has already taken from gen
+        self.log(f"--compile: {self.variant.name} trains eagerly{when}: {why}")
+        with supplied_noise(noise):
             return self.eager(xb, None)  # type: ignore[arg-type]
 
     def _noise(self, gen: torch.Generator) -> list[Tensor]:
@@ -190,10 +194,8 @@ class CompiledStep:
         try:
             sums = self._run(xb, noise)  # compiles; on failure nothing has moved
         except Exception as e:  # dynamo and inductor raise many kinds; KeyboardInterrupt passes through
-            self.fallback = f"it does not compile as one graph ({type(e).__name__}: {_first_line(e)})"
-            self.log(f"--compile: {self.variant.name} trains eagerly: {self.fallback}")
-            with supplied_noise(noise):  # the draws this step has already taken from gen
-                return self.eager(xb, None)  # type: ignore[arg-type]
+            why = f"it does not compile as one graph ({type(e).__name__}: {_first_line(e)})"
+            return self._eager_from_here(xb, noise, why, "")
         self.compile_seconds = time.perf_counter() - t0
         self.log(f"--compile: the step compiled in {self.compile_seconds:.1f} s")
         return sums
