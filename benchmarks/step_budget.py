@@ -19,7 +19,12 @@ by Adam's sweep, threads woken) against speed.py's floors, which time each alone
 torch.profiler: the wall time that freezing fc1's weight saves (its gradient product and its share of Adam), beside
 that product timed alone; profile_step.py's self time for the product can be read against both.
 
-    python benchmarks/step_budget.py [--precision fp32|bf16] [--steps 200] [--rounds 7] [--threads N]
+With --compile, the step that ``bench.run --compile`` runs (one graph, bench.training.steps) against the same
+products and Adam: what the graph leaves over them (the fused elementwise loops, dynamo's entry and the graph's
+wrapper, the gather and the noise outside it), and what running products and Adam together adds, without the
+profiler's faults.
+
+    python benchmarks/step_budget.py [--precision fp32|bf16] [--steps 200] [--rounds 7] [--threads N] [--compile]
 """
 
 from __future__ import annotations
@@ -208,18 +213,42 @@ def budget(precision: str, steps: int, rounds: int) -> list[list[str]]:
             timed("fc1's weight-gradient product alone")]
 
 
+def compiled_budget(precision: str, steps: int, rounds: int) -> list[list[str]]:
+    train_x = load_mnist().train_x
+    contenders = {"compiled step": compiled_step_contender(precision, train_x),
+                  "products + Adam": products_and_adam_contender(precision, train_x),
+                  "products alone": products_and_adam_contender(precision, train_x, adam=False),
+                  "Adam alone": products_and_adam_contender(precision, train_x, products=False)}
+    times = interleaved_ms(contenders, steps, rounds)
+    med = {k: statistics.median(v) for k, v in times.items()}
+
+    def row(name: str, ms: float, spread: str = "") -> list[str]:
+        return [name, f"{ms:.2f}", spread, f"{ms / med['compiled step']:.0%}"]
+
+    def timed(name: str) -> list[str]:
+        return row(name, med[name], f"{min(times[name]):.2f}-{max(times[name]):.2f}")
+
+    return [timed("products + Adam"), row("the rest (the graph's loops, its call, the gather and the noise)",
+                                          med["compiled step"] - med["products + Adam"]),
+            timed("compiled step"), [], timed("products alone"), timed("Adam alone"),
+            row("products + Adam, minus the two alone",
+                med["products + Adam"] - med["products alone"] - med["Adam alone"])]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--steps", type=int, default=200, help="steps per contender per round")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--compile", action="store_true", help="budget the compiled step (bench.run --compile)")
     args = ap.parse_args()
     keep_freed_memory()  # as train() does
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = budget(args.precision, args.steps, args.rounds)
-    print(f"{args.precision}, {torch.get_num_threads()} threads, median of {args.rounds} rounds of {args.steps} steps")
+    rows = (compiled_budget if args.compile else budget)(args.precision, args.steps, args.rounds)
+    kind = f"{args.precision}, compiled" if args.compile else args.precision
+    print(f"{kind}, {torch.get_num_threads()} threads, median of {args.rounds} rounds of {args.steps} steps")
     print(tabulate([r for r in rows if r], headers=["part", "ms / step (median)", "range", "share of the step"],
                    tablefmt="github", disable_numparse=True))
 

@@ -121,6 +121,10 @@ class TrialTracker:
         with stopwatch(self.times, "tracking"):
             self.run.log_artifact(path, artifact_dir)
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        with stopwatch(self.times, "tracking"):
+            self.run.set_tags(tags)
+
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         pass
 

@@ -24,6 +24,7 @@ SWEEP_TAG = "bench.sweep"  # runs of one grid sweep share this tag's value; repo
 MEMBER_TAG = "bench.in_sweep.{}"  # "true" on every run of the sweep: those it made and those it reused (before
 # issue 19 only on reused ones, so readers take bench.sweep too); sweep_filter() is the one filter that finds them
 FAILURE_TAG = "bench.failure"  # why a run ended FAILED or KILLED (cleared when it is resumed)
+COMPILE_TAG = "bench.compile_eager"  # --compile: the epoch from which the step trained eagerly, and why
 EPOCHS_TAG = "bench.epochs_target"  # a resumed run's new --epochs (params cannot change); reports prefer it
 STUDY_TAG = "bench.study"  # on a study's parent run and on every trial's run: the study's name
 ROLE_TAG = "bench.role"  # "study" (a tuning study's parent run), "trial", or "sweep" (a grid sweep's parent)

@@ -18,6 +18,8 @@ class Tracker(Protocol):
 
     def log_settings(self, settings: dict[str, Any], step: int) -> None: ...
 
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+
     def log_artifact(self, path: Path, artifact_dir: str) -> None: ...
 
     def save_checkpoint(self, state: dict[str, Any]) -> None: ...
@@ -40,6 +42,9 @@ class NullTracker:
     def log_settings(self, settings: dict[str, Any], step: int) -> None:
         pass
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
     def log_artifact(self, path: Path, artifact_dir: str) -> None:
         pass
 
@@ -59,6 +64,7 @@ class MemoryTracker(NullTracker):
         self.params: dict[str, Any] = {}
         self.settings: dict[int, dict[str, list[Any]]] = {}  # step -> setting -> every value used at that step
         self.artifacts: list[str] = []
+        self.tags: dict[str, str] = {}
         self.checkpoint: dict[str, Any] | None = None
         self.model: nn.Module | None = None
 
@@ -76,6 +82,9 @@ class MemoryTracker(NullTracker):
         self.log_new_params(settings)
         for k, v in settings.items():
             self.settings.setdefault(step, {}).setdefault(k, []).append(v)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.tags.update(tags)
 
     def log_artifact(self, path: Path, artifact_dir: str) -> None:
         self.artifacts.append(f"{artifact_dir}/{Path(path).name}")

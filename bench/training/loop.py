@@ -32,10 +32,10 @@ from bench.errors import NonFiniteLoss
 from bench.evaluation.images import save_grids
 from bench.evaluation.snr import TRAINING_PREFIX, training_snr
 from bench.evaluation.test_elbo import evaluate_test
-from bench.tracking.names import TRAINING_SNR_ANALYSIS
+from bench.tracking.names import COMPILE_TAG, TRAINING_SNR_ANALYSIS
 from bench.tracking.tracker import NullTracker, Tracker
 from bench.training.adam import Optimizer, make_adam
-from bench.training.steps import make_step
+from bench.training.steps import CompiledStep, make_step
 from variants.model import VAE
 from variants.registry import Variant
 
@@ -115,6 +115,8 @@ def train(
     if snr_every:
         tracker.log_new_params({"snr_every": snr_every})
     step = make_step(variant, model, opt, cfg, log)
+    compiled = step if isinstance(step, CompiledStep) else None
+    told_eager = False  # COMPILE_TAG set, once a process: the run says when its compiled step went eager
     history: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="vae-bench-") as tmp:
         for epoch in range(first, cfg.epochs + 1):
@@ -123,6 +125,7 @@ def train(
             gen = generator(device, TRAIN_NOISE, cfg.seed, epoch)
             perm = torch.randperm(n, generator=generator(torch.device("cpu"), SHUFFLE, cfg.seed, epoch)).to(device)
             sums = torch.zeros(2, device=device)
+            graphed = compiled.graph_images if compiled else 0
             bar = tqdm(total=n, desc=f"epoch {epoch}/{cfg.epochs}", unit="img", disable=not progress,
                        leave=False, dynamic_ncols=True)
             shown = time.monotonic()
@@ -159,6 +162,8 @@ def train(
             for path in save_grids(model, held_out, epoch, Path(tmp), cfg.seed):
                 tracker.log_artifact(path, "images")
             metrics["train_samples_per_second"] = n / train_seconds
+            if compiled is not None:  # a compile=True run says how much of each epoch the graph trained
+                metrics["train_compiled_share"] = (compiled.graph_images - graphed) / n
             if snr_every and epoch % snr_every == 0:
                 t_snr = time.perf_counter()
                 metrics.update(training_snr(model, variant, snr_x))
@@ -175,6 +180,9 @@ def train(
                                          "optimizer": opt.state_dict(), "metrics": metrics,
                                          "torch_rng": torch.get_rng_state()})
                 log_epoch(tracker, metrics, step=epoch)
+                if compiled is not None and compiled.fallback is not None and not told_eager:
+                    tracker.set_tags({COMPILE_TAG: f"epoch {epoch}: {compiled.fallback}"})
+                    told_eager = True
             history.append(metrics)
             log(f"====> Epoch: {epoch} Average loss: {metrics['train_loss']:.4f}  "
                 f"(recon {recon:.2f} + kld {kld:.2f})  {prefix} loss: {metrics[f'{prefix}_loss']:.4f}  "

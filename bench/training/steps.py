@@ -125,6 +125,7 @@ class CompiledStep:
         self.names: list[str] = []  # the parameters the graph updates
         self.adam_step: Tensor | None = None  # Adam's step count (a tensor on the device), read by _run
         self.rebuilds = 0  # graphs built after the first, for Python state that changed (_steady)
+        self.graph_images = 0  # images whose step ran as the graph (the run logs its share per epoch)
 
     def __call__(self, xb: Tensor, gen: torch.Generator) -> Tensor:
         if self.fallback is not None or len(xb) != self.batch_size:
@@ -178,7 +179,9 @@ class CompiledStep:
         slower (benchmarks/README.md, "The compiled step, loop by loop")."""
         assert isinstance(self.opt, FusedAdam) and self.adam_step is not None
         corrections = bias_corrections(self.adam_step, self.opt.lr, self.opt.betas)
-        return self.compiled(xb, noise, corrections)  # type: ignore[misc]
+        sums = self.compiled(xb, noise, corrections)  # type: ignore[misc]
+        self.graph_images += len(xb)
+        return sums
 
     def _first(self, xb: Tensor, gen: torch.Generator) -> Tensor:
         """The first full batch: probe, build, compile and run, all timed as compile_seconds (torch._dynamo's

@@ -216,6 +216,16 @@ def test_the_step_budget_splits_the_step_into_parts_that_add_up() -> None:
     assert model_module.DATA_DIM == 784  # the tiny model's input size did not leak
 
 
+def test_the_compiled_step_budget_puts_the_rest_beside_the_products_and_adam() -> None:
+    step_budget = pytest.importorskip("step_budget")
+    rows = {r[0]: r for r in step_budget.compiled_budget("fp32", steps=2, rounds=1) if r}
+    rest = "the rest (the graph's loops, its call, the gather and the noise)"
+    assert set(rows) == {"products + Adam", rest, "compiled step", "products alone", "Adam alone",
+                         "products + Adam, minus the two alone"}
+    assert abs(float(rows["products + Adam"][1]) + float(rows[rest][1]) - float(rows["compiled step"][1])) <= 0.02
+    assert all(float(rows[k][1]) > 0 for k in ("products + Adam", "compiled step", "products alone", "Adam alone"))
+
+
 def test_the_likelihood_baselines_agree_with_bernoulli_log_prob() -> None:
     """The benchmark's three forms compute one quantity: values to float32 rounding of a 784-term sum, gradients to
     a few ulps, so the timing compares like with like; and the in-step timing leaves Bernoulli.log_prob as it was."""

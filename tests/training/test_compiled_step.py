@@ -19,6 +19,7 @@ from bench.core.config import TrainConfig
 from bench.core.data import MNIST
 from bench.run import PROG
 from bench.run import main as run_main
+from bench.tracking.names import COMPILE_TAG
 from bench.tracking.tracker import MemoryTracker
 from bench.training import steps
 from bench.training.loop import build, train
@@ -124,6 +125,10 @@ def test_a_compiled_run_resumed_compiled_matches_the_uninterrupted_one_to_the_bi
     resumed = train(variant, cfg, mnist, start=first.checkpoint, log=lambda _: None)
     assert resumed.history[-1]["train_loss"] == whole.history[-1]["train_loss"]
     assert resumed.history[-1]["test_loss"] == whole.history[-1]["test_loss"]
+    # Each epoch says how much of it the graph trained: its 5 full batches, not the short one.
+    assert [m["train_compiled_share"] for m in whole.history] == [5 * BATCH / (5 * BATCH + 9)] * 2
+    assert resumed.history[-1]["train_compiled_share"] == 5 * BATCH / (5 * BATCH + 9)
+    assert COMPILE_TAG not in first.tags
     for p, q in zip(whole.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(p, q)
 
@@ -181,9 +186,13 @@ def test_a_variant_that_cannot_be_compiled_trains_eagerly_to_the_bit_with_one_li
     eager = train(variant, cfg, mnist, log=lambda _: None)
     lines: list[str] = []
     torch.manual_seed(0)
-    compiled = train(variant, dataclasses.replace(cfg, compile=True), mnist, log=lines.append)
+    tracker = MemoryTracker()
+    compiled = train(variant, dataclasses.replace(cfg, compile=True), mnist, tracker, log=lines.append)
     notes = [line for line in lines if line.startswith("--compile")]
     assert len(notes) == 2 and notes[1].startswith(f"--compile: plugin_like trains eagerly: {why}"), notes
+    # The run records it: no image went through a graph, and a tag says from when and why.
+    assert compiled.history[0]["train_compiled_share"] == 0.0 and tracker.metrics[1]["train_compiled_share"] == 0.0
+    assert tracker.tags == {COMPILE_TAG: f"epoch 1: {notes[1].split(': ', 2)[2]}"}
     assert compiled.history[0]["train_loss"] == eager.history[0]["train_loss"]
     for p, q in zip(eager.model.parameters(), compiled.model.parameters(), strict=True):
         assert torch.equal(p, q)
@@ -231,6 +240,7 @@ def test_a_variant_whose_python_state_moves_is_rebuilt_twice_then_trains_eagerly
     betas = [0.0, 0.0, 0.25, 0.5, *[i / 10 for i in range(6, 13)]]  # 9 changes
     compiled, lines = _under_a_schedule(_kl_warm_up, betas, mnist, monkeypatch)
     assert compiled.rebuilds == 3 and compiled.fallback is not None
+    assert compiled.graph_images == 4 * BATCH  # the first step, one steady, two rebuilt; then eager
     held = "SCHEDULE['beta'] == {} no longer holds, test_compiled_step.py:"
     assert all(re.fullmatch(r"--compile: the step was rebuilt in \d+\.\d s \(.+\)", line) for line in lines[2:4])
     assert held.format(0.0) in lines[2] and held.format(0.25) in lines[3] and "in _kl_warm_up)" in lines[3]
@@ -251,6 +261,7 @@ def test_a_rebuild_that_does_not_compile_trains_eagerly_from_that_step_with_one_
     """The new state takes a Python branch on a value: the rebuild fails, and that step and the rest run eagerly."""
     compiled, lines = _under_a_schedule(_breaks_the_graph_when_told, [0.0, 0.0, 0.75, 0.75], mnist, monkeypatch)
     assert compiled.rebuilds == 1 and len(lines) == 3, lines
+    assert compiled.graph_images == 2 * BATCH  # the rebuild that failed ran eagerly
     assert lines[2].startswith("--compile: scheduled trains eagerly from here: it does not compile as one graph "
                                "after SCHEDULE['beta'] == 0.0 no longer holds, test_compiled_step.py:"), lines[2]
 
@@ -263,6 +274,9 @@ def test_run_compile_is_a_param_and_a_resume_the_other_way_says_it_will_not_matc
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("vae-bench").experiment_id])
     assert run.data.params["compile"] == "True"
+    (share,) = client.get_metric_history(run.info.run_id, "train_compiled_share")
+    assert share.step == 1 and share.value == 256 / 300  # --limit-train 300: two full batches of 128 compiled
+    assert COMPILE_TAG not in run.data.tags
     rc = main_guard(run_main, PROG)(["--resume", run.info.run_id, "--epochs", "2", "--no-compile", "--no-progress",
                                      "--tracking-uri", tracking_uri])
     out = capsys.readouterr().out
@@ -270,6 +284,7 @@ def test_run_compile_is_a_param_and_a_resume_the_other_way_says_it_will_not_matc
     assert "note: it trained compiled and resumes eagerly" in out and "give --compile to match it" in out
     assert "--compile: the step compiled" not in out  # the resume ran eagerly
     assert client.get_run(run.info.run_id).data.params["compile"] == "True"  # what it started with
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_compiled_share")] == [1]  # eager 2
 
 
 def test_compile_is_not_part_of_what_a_grid_cell_or_a_study_compares() -> None:
