@@ -22,9 +22,11 @@ How the compiled step stays the harness's step:
 A variant that cannot be compiled as one graph (a graph break, an autograd.Function that torch.func cannot run, a
 draw from torch's global RNG, no compiler for the device) trains eagerly, with one line saying why. A graph whose
 guards fail later (the step read Python state that has changed) is rebuilt up to twice; then the run trains eagerly
-from that step, with one line (CompiledStep._steady). Compiled and eager steps differ in the last bits (inductor
-orders the sums of its fused loops differently), so a run resumed the other way does not match an uninterrupted one
-to the bit (bench.training.resume says so); compiled resumed compiled does.
+from that step, with one line (CompiledStep._steady). The run records either (bench.training.loop): the tag
+COMPILE_TAG names the epoch and the reason, and each epoch's train_compiled_share the share of its images the graph
+trained (CompiledStep.graph_images). Compiled and eager steps differ in the last bits (inductor orders the sums of
+its fused loops differently), so a run resumed the other way does not match an uninterrupted one to the bit
+(bench.training.resume says so); compiled resumed compiled does.
 """
 
 from __future__ import annotations
