@@ -10,7 +10,8 @@ that the load falls on both alike. Prints each side's median ms a step and the p
 after, with its 95% t-interval over the blocks, and the median ratio after / before. The other checkout's steps.py
 is imported with this checkout's bench package: it must take the same arguments (a change confined to steps.py).
 Its own bias, this checkout against itself (``--before bench/training/steps.py``), measured -0.07 [-0.29, +0.15]
-and -0.09 [-0.16, -0.01] ms on a 3.6 ms step (benchmarks/README.md): it resolves nothing under about 1.5%.
+and -0.09 [-0.16, -0.01] ms on a 3.6 ms step (benchmarks/README.md), in favour of the side named ``--before``: it
+resolves nothing under about 1.5%. Run a change both ways (as ``--before`` and as this checkout) to read its sign.
 """
 
 from __future__ import annotations
