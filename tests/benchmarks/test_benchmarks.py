@@ -163,6 +163,23 @@ def test_compile_parts_splits_a_compile_into_parts_within_its_total() -> None:
     assert text.splitlines()[0] == "| part | fp32, median (range), s |" and len(text.splitlines()) == 2 + len(parts)
 
 
+def test_the_aot_step_loads_without_dynamo_and_steps_as_its_eager_function(tmp_path: Path) -> None:
+    """aot_step.py builds the seed's step as an AOTInductor package: a fresh process loads it without importing
+    torch._dynamo, and its first step is the same function's run eagerly (last bits aside)."""
+    aot_step = pytest.importorskip("aot_step")
+    path = tmp_path / "step.pt2"
+    seconds, step, example = aot_step.build_package("fp32", path)
+    assert seconds > 0 and path.is_file()
+    ms, dynamo = aot_step.fresh_load(path)
+    assert ms > 0 and dynamo is False
+    got = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1).run(example)
+    want = step(*example)
+    assert len(got) == len(want) == 3 * 8 + 1
+    for a, b in zip(got, want, strict=True):
+        assert (a - b).abs().max() <= 1e-4 * b.abs().max().clamp_min(1e-30)
+    assert not torch.equal(got[0], example[0])  # the weights moved
+
+
 def test_profile_groups_every_op_and_the_shares_add_up() -> None:
     profile_step = pytest.importorskip("profile_step")
     assert profile_step.category("aten::mm") == "GEMM"

@@ -1,0 +1,181 @@
+"""The seed's training step compiled ahead of time (AOTInductor), against the harness's compiled step:
+``python benchmarks/aot_step.py [--precision bf16] [--blocks 20] [--steps 100]``.
+
+A measurement, not a path the harness takes. `bench.run --compile` pays torch._dynamo's and inductor's imports and
+dynamo's trace in every process (benchmarks/compile_parts.py: 3.5 s here, more than issue 21's goals leave over a
+10-epoch run). A package built once and loaded through torch._C's loader pays neither. What it gives up: dynamo's
+guards, so Python state that the trace read is baked in (a plugin's global, bench/training/steps.py), in every
+later process too.
+
+The step is the harness's own (bench.training.steps): the variant's objective (``_Objective``, under autocast for
+bf16) differentiated by ``torch.func.grad``, with the noise supplied, then Kingma and Ba's update in
+``torch._fused_adam_``'s order with the bias corrections given from outside and the subnormal flush, written as
+a function that returns the new weights and moments (the caller swaps them in: no copy). ``make_fx`` traces it to
+aten ops, torch.export takes that graph, and inductor packages it. Prints: the build's seconds; the package's
+load in fresh processes (and that they never imported torch._dynamo); the first step's agreement with the same
+function run eagerly; then both steps on the same batches in ABBA-ordered blocks in one process (step_ab.py's
+summary: medians and the paired difference, harness minus AOT, with its 95% t-interval).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench.core.allocator import keep_freed_memory  # noqa: E402
+from bench.core.config import TrainConfig  # noqa: E402
+from bench.core.data import load_mnist  # noqa: E402
+from bench.training.adam import LEAST_NORMAL, FusedAdam  # noqa: E402
+from bench.training.loop import build  # noqa: E402
+from bench.training.steps import _Objective, bias_corrections  # noqa: E402
+from variants import get_variant  # noqa: E402
+from variants.terms import supplied_noise  # noqa: E402
+
+BATCH = 128
+LOAD = ("import sys, time; import torch; t = time.perf_counter(); "
+        "torch._C._aoti.AOTIModelPackageLoader(sys.argv[1], 'model', False, 1, -1); "
+        "print(1e3 * (time.perf_counter() - t), 'torch._dynamo' in sys.modules)")
+
+
+def functional_step(precision: str) -> tuple[Callable[..., tuple[torch.Tensor, ...]], list[torch.Tensor], int]:
+    """The seed's step as a function of (weights..., m..., v..., batch, noise, corrections) that returns (new
+    weights..., new m..., new v..., sums), its first arguments (a fresh model, Adam's zeroed moments), and the
+    number of parameters."""
+    cfg = TrainConfig(seed=1, precision=precision)
+    variant = get_variant("sgvb_b")
+    model, opt = build(variant, cfg)
+    assert isinstance(opt, FusedAdam)
+    objective = _Objective(variant, model, cfg)
+    names = [n for n, _ in objective.named_parameters()]
+    weights = [p.detach().clone() for _, p in objective.named_parameters()]
+    (beta1, beta2), eps, n = opt.betas, opt.eps, len(names)
+
+    def step(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ws, ms, vs = args[:n], args[n:2 * n], args[2 * n:3 * n]
+        xb, noise, corrections = args[3 * n:]
+
+        def loss(p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            with supplied_noise([noise]):
+                return torch.func.functional_call(objective, p, (xb,))
+
+        grads, sums = torch.func.grad(loss, has_aux=True)(dict(zip(names, ws, strict=True)))
+        new_w, new_m, new_v = [], [], []
+        for name, w, m, v in zip(names, ws, ms, vs, strict=True):
+            g = grads[name]
+            m = torch.lerp(m, g, 1 - beta1)
+            v = v * beta2 + (1 - beta2) * g * g
+            new_w.append(w - corrections[0] * m / (v.sqrt() / corrections[1] + eps))
+            new_m.append(torch.where(m.abs() < LEAST_NORMAL, 0.0, m))
+            new_v.append(torch.where(v.abs() < LEAST_NORMAL, 0.0, v))
+        return (*new_w, *new_m, *new_v, sums)
+
+    first = [*weights, *[torch.zeros_like(w) for w in weights], *[torch.zeros_like(w) for w in weights]]
+    return step, first, n
+
+
+def build_package(precision: str, path: Path) -> tuple[float, Callable[..., tuple[torch.Tensor, ...]], list]:
+    """Traces, exports and packages the step at ``path``; returns the seconds, the eager function and its
+    example arguments."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    step, first, _ = functional_step(precision)
+    example = [*first, load_mnist().train_x[:BATCH], torch.randn(1, BATCH, 20), bias_corrections(
+        torch.zeros(()), 1e-3, (0.9, 0.999))]
+    t0 = time.perf_counter()
+    graph = make_fx(step)(*example)
+
+    class Graph(torch.nn.Module):
+        def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return graph(*args)
+
+    exported = torch.export.export(Graph(), tuple(example), strict=False)
+    torch._inductor.aoti_compile_and_package(exported, package_path=str(path))
+    return time.perf_counter() - t0, step, example
+
+
+def fresh_load(path: Path) -> tuple[float, bool]:
+    """(ms to load the package in a fresh process, whether that process imported torch._dynamo)."""
+    done = subprocess.run([sys.executable, "-c", LOAD, str(path)], capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise SystemExit(f"aot_step.py: loading {path} failed: {(done.stderr.strip() or 'no output').splitlines()[-1]}")
+    ms, dynamo = done.stdout.split()
+    return float(ms), dynamo == "True"
+
+
+def aot_contender(path: Path, precision: str, train_x: torch.Tensor) -> Callable[[int], None]:
+    """The package as a step on step_budget's batches: its outputs become the next step's weights and moments."""
+    runner = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+    _, state, n = functional_step(precision)
+    perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    count = torch.zeros(())
+
+    def step(i: int) -> None:
+        nonlocal state
+        j = (i * BATCH) % (len(train_x) - BATCH)
+        xb = train_x.index_select(0, perm[j:j + BATCH])
+        noise = torch.randn((1, BATCH, 20), generator=gen)
+        out = runner.run([*state, xb, noise, bias_corrections(count, 1e-3, (0.9, 0.999))])
+        count.add_(1)
+        state = out[:3 * n]
+
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--blocks", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=100, help="steps a block")
+    ap.add_argument("--loads", type=int, default=3, help="fresh processes that load the package")
+    args = ap.parse_args()
+    if args.blocks < 2:
+        raise SystemExit("aot_step.py: --blocks must be at least 2 (an interval needs two)")
+    keep_freed_memory()
+    from step_ab import paired_summary
+    from step_budget import compiled_step_contender
+
+    with tempfile.TemporaryDirectory(prefix="vae-bench-aot-") as tmp:
+        path = Path(tmp) / "step.pt2"
+        seconds, step, example = build_package(args.precision, path)
+        print(f"built the {args.precision} package in {seconds:.1f} s (make_fx, torch.export, AOTInductor)")
+        loads = [fresh_load(path) for _ in range(args.loads)]
+        print(f"loaded in a fresh process in {', '.join(f'{ms:.1f}' for ms, _ in loads)} ms; torch._dynamo imported: "
+              f"{any(d for _, d in loads)}")
+        runner = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+        got, want = runner.run(example), step(*example)
+        gap = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() for a, b in zip(got, want, strict=True))
+        print(f"first step against the same function run eagerly: largest relative gap {gap:.1e}")
+        train_x = load_mnist().train_x
+        sides = {"harness": compiled_step_contender(args.precision, train_x),
+                 "aot": aot_contender(path, args.precision, train_x)}
+        for run in sides.values():
+            for i in range(5):
+                run(i)
+        times: dict[str, list[float]] = {"harness": [], "aot": []}
+        for b in range(args.blocks):
+            for name in ("harness", "aot") if b % 2 == 0 else ("aot", "harness"):
+                t0 = time.perf_counter()
+                for i in range(args.steps * b, args.steps * (b + 1)):
+                    sides[name](i)
+                times[name].append((time.perf_counter() - t0) * 1e3 / args.steps)
+    print(f"sgvb_b {args.precision}, {torch.get_num_threads()} threads, {args.blocks} blocks of {args.steps} steps, "
+          f"before = the harness's compiled step, after = the AOT package: "
+          f"{paired_summary(times['harness'], times['aot'])}")
+    print(f"medians: harness {statistics.median(times['harness']):.3f} ms, aot {statistics.median(times['aot']):.3f}")
+
+
+if __name__ == "__main__":
+    main()
