@@ -20,6 +20,7 @@ summary: medians and the paired difference, harness minus AOT, with its 95% t-in
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import subprocess
 import sys
@@ -144,6 +145,7 @@ def main() -> None:
     if args.blocks < 2:
         raise SystemExit("aot_step.py: --blocks must be at least 2 (an interval needs two)")
     keep_freed_memory()
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime is found", as steps.py
     from step_ab import paired_summary
     from step_budget import compiled_step_contender
 
