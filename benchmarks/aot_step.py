@@ -14,7 +14,11 @@ a function that returns the new weights and moments (the caller swaps them in: n
 aten ops, torch.export takes that graph, and inductor packages it. Prints: the build's seconds; the package's
 load in fresh processes (and that they never imported torch._dynamo); the first step's agreement with the same
 function run eagerly; then both steps on the same batches in ABBA-ordered blocks in one process (step_ab.py's
-summary: medians and the paired difference, harness minus AOT, with its 95% t-interval).
+summary: medians and the paired difference, harness minus AOT, with its 95% t-interval). With ``--epochs N``,
+then N interleaved rounds of whole epochs beside speed.py's floors: the package's epoch (469 steps from a fresh
+model, the last batch taken full, then the harness's test pass on its weights), the harness's compiled epoch
+untracked (speed.py's contender: a fresh run, its compile left out, its image grids in), each against its
+precision's least possible (GEMM floor + Adam alone + test pass alone).
 """
 
 from __future__ import annotations
@@ -115,24 +119,78 @@ def fresh_load(path: Path) -> tuple[float, bool]:
     return float(ms), dynamo == "True"
 
 
-def aot_contender(path: Path, precision: str, train_x: torch.Tensor) -> Callable[[int], None]:
-    """The package as a step on step_budget's batches: its outputs become the next step's weights and moments."""
-    runner = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
-    _, state, n = functional_step(precision)
-    perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(1))
-    gen = torch.Generator().manual_seed(1)
-    count = torch.zeros(())
+class AotSteps:
+    """The package as a step on step_budget's batches, called with the step's index: its outputs become the next
+    step's weights and moments (``state``, weights first, in the model's parameter order)."""
 
-    def step(i: int) -> None:
-        nonlocal state
-        j = (i * BATCH) % (len(train_x) - BATCH)
-        xb = train_x.index_select(0, perm[j:j + BATCH])
-        noise = torch.randn((1, BATCH, 20), generator=gen)
-        out = runner.run([*state, xb, noise, bias_corrections(count, 1e-3, (0.9, 0.999))])
-        count.add_(1)
-        state = out[:3 * n]
+    def __init__(self, path: Path, precision: str, train_x: torch.Tensor) -> None:
+        self.runner = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+        _, self.first, self.n = functional_step(precision)
+        self.train_x = train_x
+        self.perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(1))
+        self.reset()
 
-    return step
+    def reset(self) -> None:
+        """Back to the fresh model's weights and zeroed moments, and the first step."""
+        self.state, self.count = list(self.first), torch.zeros(())
+        self.gen = torch.Generator().manual_seed(1)
+
+    def __call__(self, i: int) -> None:
+        j = (i * BATCH) % (len(self.train_x) - BATCH)
+        xb = self.train_x.index_select(0, self.perm[j:j + BATCH])
+        noise = torch.randn((1, BATCH, 20), generator=self.gen)
+        out = self.runner.run([*self.state, xb, noise, bias_corrections(self.count, 1e-3, (0.9, 0.999))])
+        self.count.add_(1)
+        self.state = out[:3 * self.n]
+
+
+def aot_epoch_contender(steps: AotSteps, precision: str) -> Callable[[], float]:
+    """One epoch of the package per call from a fresh model (469 steps, the last batch taken full), then the
+    harness's test pass on its weights; returns the seconds."""
+    import speed
+
+    from bench.evaluation.test_elbo import evaluate_test
+
+    model, _ = build(get_variant("sgvb_b"), TrainConfig(seed=1, precision=precision))
+    test_x = load_mnist().test_x
+
+    def run() -> float:
+        steps.reset()
+        t0 = time.perf_counter()
+        for i in range(len(speed.BATCH_SIZES)):
+            steps(i)
+        with torch.no_grad():
+            for p, w in zip(model.parameters(), steps.state[:steps.n], strict=True):
+                p.copy_(w)
+        evaluate_test(model, test_x)
+        return time.perf_counter() - t0
+
+    return run
+
+
+def epochs_table(precision: str, path: Path, rounds: int, folder: Path) -> str:
+    """``rounds`` interleaved rounds of whole epochs beside speed.py's floors (see the module docstring)."""
+    import speed
+
+    floor = speed.FLOOR_BF16 if precision == "bf16" else speed.FLOOR_FP32
+    contenders = {floor: speed.gemm_floor_contender(torch.bfloat16 if precision == "bf16" else torch.float32),
+                  speed.ADAM: speed.adam_floor_contender(), speed.TEST_PASS: speed.test_pass_contender(),
+                  "the package's epoch": aot_epoch_contender(AotSteps(path, precision, load_mnist().train_x),
+                                                             precision),
+                  "the harness's compiled epoch, untracked": speed.harness_contender(precision, False, folder, [])}
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for run in contenders.values():  # warm-up
+        run()
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            times[name].append(run())
+    med = {k: statistics.median(v) for k, v in times.items()}
+    least = med[floor] + med[speed.ADAM] + med[speed.TEST_PASS]
+    rows = [f"| least possible ({floor} + Adam + test pass) | {least:.2f} | 1.00x |"]
+    rows += [f"| {k} | {med[k]:.2f} ({min(times[k]):.2f}-{max(times[k]):.2f}) | {med[k] / least:.2f}x |"
+             for k in list(contenders)[3:]]
+    return "\n".join([f"| {precision}, {rounds} rounds | s/epoch, median (range) | vs least possible |",
+                      "| --- | --- | --- |", *rows])
 
 
 def main() -> None:
@@ -141,6 +199,7 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=20)
     ap.add_argument("--steps", type=int, default=100, help="steps a block")
     ap.add_argument("--loads", type=int, default=3, help="fresh processes that load the package")
+    ap.add_argument("--epochs", type=int, default=0, help="then this many rounds of whole epochs (0: none)")
     args = ap.parse_args()
     if args.blocks < 2:
         raise SystemExit("aot_step.py: --blocks must be at least 2 (an interval needs two)")
@@ -162,7 +221,7 @@ def main() -> None:
         print(f"first step against the same function run eagerly: largest relative gap {gap:.1e}")
         train_x = load_mnist().train_x
         sides = {"harness": compiled_step_contender(args.precision, train_x),
-                 "aot": aot_contender(path, args.precision, train_x)}
+                 "aot": AotSteps(path, args.precision, train_x)}
         for run in sides.values():
             for i in range(5):
                 run(i)
@@ -173,10 +232,13 @@ def main() -> None:
                 for i in range(args.steps * b, args.steps * (b + 1)):
                     sides[name](i)
                 times[name].append((time.perf_counter() - t0) * 1e3 / args.steps)
-    print(f"sgvb_b {args.precision}, {torch.get_num_threads()} threads, {args.blocks} blocks of {args.steps} steps, "
-          f"before = the harness's compiled step, after = the AOT package: "
-          f"{paired_summary(times['harness'], times['aot'])}")
-    print(f"medians: harness {statistics.median(times['harness']):.3f} ms, aot {statistics.median(times['aot']):.3f}")
+        print(f"sgvb_b {args.precision}, {torch.get_num_threads()} threads, {args.blocks} blocks of {args.steps} "
+              f"steps, before = the harness's compiled step, after = the AOT package: "
+              f"{paired_summary(times['harness'], times['aot'])}")
+        print(f"medians: harness {statistics.median(times['harness']):.3f} ms, aot "
+              f"{statistics.median(times['aot']):.3f}")
+        if args.epochs:
+            print(epochs_table(args.precision, path, args.epochs, Path(tmp)))
 
 
 if __name__ == "__main__":

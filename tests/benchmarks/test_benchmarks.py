@@ -165,7 +165,8 @@ def test_compile_parts_splits_a_compile_into_parts_within_its_total() -> None:
 
 def test_the_aot_step_loads_without_dynamo_and_steps_as_its_eager_function(tmp_path: Path) -> None:
     """aot_step.py builds the seed's step as an AOTInductor package: a fresh process loads it without importing
-    torch._dynamo, and its first step is the same function's run eagerly (last bits aside)."""
+    torch._dynamo, its first step is the same function's run eagerly (last bits aside), its steps carry the
+    weights and moments on, and an epoch from a fresh model takes 469 of them."""
     aot_step = pytest.importorskip("aot_step")
     path = tmp_path / "step.pt2"
     seconds, step, example = aot_step.build_package("fp32", path)
@@ -178,6 +179,12 @@ def test_the_aot_step_loads_without_dynamo_and_steps_as_its_eager_function(tmp_p
     for a, b in zip(got, want, strict=True):
         assert (a - b).abs().max() <= 1e-4 * b.abs().max().clamp_min(1e-30)
     assert not torch.equal(got[0], example[0])  # the weights moved
+    steps = aot_step.AotSteps(path, "fp32", example[3 * 8].repeat(8, 1))
+    steps(0), steps(1)
+    assert int(steps.count) == 2 and not torch.equal(steps.state[0], example[0])
+    steps.reset()
+    assert int(steps.count) == 0 and all(torch.equal(a, b) for a, b in zip(steps.state, example[:3 * 8], strict=True))
+    assert aot_step.aot_epoch_contender(steps, "fp32")() > 0 and int(steps.count) == 469  # an epoch's steps
 
 
 def test_profile_groups_every_op_and_the_shares_add_up() -> None:
