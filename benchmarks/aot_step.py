@@ -205,7 +205,7 @@ def main() -> None:
         raise SystemExit("aot_step.py: --blocks must be at least 2 (an interval needs two)")
     keep_freed_memory()
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime is found", as steps.py
-    from step_ab import paired_summary
+    from step_ab import abba_blocks, paired_summary
     from step_budget import compiled_step_contender
 
     with tempfile.TemporaryDirectory(prefix="vae-bench-aot-") as tmp:
@@ -225,13 +225,7 @@ def main() -> None:
         for run in sides.values():
             for i in range(5):
                 run(i)
-        times: dict[str, list[float]] = {"harness": [], "aot": []}
-        for b in range(args.blocks):
-            for name in ("harness", "aot") if b % 2 == 0 else ("aot", "harness"):
-                t0 = time.perf_counter()
-                for i in range(args.steps * b, args.steps * (b + 1)):
-                    sides[name](i)
-                times[name].append((time.perf_counter() - t0) * 1e3 / args.steps)
+        times = abba_blocks(sides, args.blocks, args.steps)
         print(f"sgvb_b {args.precision}, {torch.get_num_threads()} threads, {args.blocks} blocks of {args.steps} "
               f"steps, before = the harness's compiled step, after = the AOT package: "
               f"{paired_summary(times['harness'], times['aot'])}")

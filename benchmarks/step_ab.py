@@ -50,18 +50,18 @@ def load_steps(before: Path) -> ModuleType:
     return module
 
 
-def block_timer(module: ModuleType, precision: str, train_x: torch.Tensor, variant: str) -> Callable[[int, int], float]:
-    """A fresh model, Adam and compiled step from ``module``; the returned function runs steps [start, start + n)
-    and gives ms a step. Every side sees the same batch at the same step index."""
-    step = compiled_step_contender(precision, train_x, module, variant)
-
-    def run(start: int, n: int) -> float:
-        t0 = time.perf_counter()
-        for i in range(start, start + n):
-            step(i)
-        return (time.perf_counter() - t0) * 1e3 / n
-
-    return run
+def abba_blocks(sides: dict[str, Callable[[int], None]], blocks: int, steps: int) -> dict[str, list[float]]:
+    """ms a step of each side's steps, block by block: block b runs steps [steps * b, steps * (b + 1)) of every
+    side, in the sides' order when b is even and reversed when odd (ABBA), so that the load falls on all alike."""
+    names = list(sides)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for b in range(blocks):
+        for name in names if b % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            for i in range(steps * b, steps * (b + 1)):
+                sides[name](i)
+            times[name].append((time.perf_counter() - t0) * 1e3 / steps)
+    return times
 
 
 def paired_summary(before: list[float], after: list[float]) -> str:
@@ -89,17 +89,16 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     train_x = load_mnist().train_x
-    sides = {"before": block_timer(load_steps(args.before), args.precision, train_x, args.variant),
-             "after": block_timer(this_steps, args.precision, train_x, args.variant)}
+    # A fresh model, Adam and compiled step from each checkout; every side sees the same batch at the same index.
+    sides = {"before": compiled_step_contender(args.precision, train_x, load_steps(args.before), args.variant),
+             "after": compiled_step_contender(args.precision, train_x, this_steps, args.variant)}
     # Each build resets dynamo (one compiled step a process, steps.py): the second reset drops the first graph,
     # so each side is run once more after both are built (recompiled from inductor's disk cache).
     for _ in range(2):
         for run in sides.values():
-            run(0, 5)
-    times: dict[str, list[float]] = {"before": [], "after": []}
-    for b in range(args.blocks):
-        for name in ("before", "after") if b % 2 == 0 else ("after", "before"):
-            times[name].append(sides[name](args.steps * b, args.steps))
+            for i in range(5):
+                run(i)
+    times = abba_blocks(sides, args.blocks, args.steps)
     print(f"{args.variant} {args.precision}, {torch.get_num_threads()} threads, {args.blocks} blocks of "
           f"{args.steps} steps: {paired_summary(times['before'], times['after'])}")
 

@@ -335,6 +335,16 @@ def test_step_ab_states_the_paired_difference_with_its_interval() -> None:
     assert "after / before 0.500 (median)" in text  # ratios 0.5, 0.75, 0.5
 
 
+def test_abba_blocks_alternate_the_order_and_give_each_side_the_same_indices() -> None:
+    step_ab = pytest.importorskip("step_ab")
+    calls: list[tuple[str, int]] = []
+    sides = {name: (lambda i, name=name: calls.append((name, i))) for name in ("a", "b")}
+    times = step_ab.abba_blocks(sides, blocks=3, steps=2)
+    assert calls == [("a", 0), ("a", 1), ("b", 0), ("b", 1), ("b", 2), ("b", 3), ("a", 2), ("a", 3),
+                     ("a", 4), ("a", 5), ("b", 4), ("b", 5)]
+    assert list(times) == ["a", "b"] and all(len(t) == 3 and min(t) >= 0 for t in times.values())
+
+
 def test_step_ab_times_this_checkouts_step_against_itself(monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str],
                                                           tmp_path: Path) -> None:
